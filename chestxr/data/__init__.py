@@ -1,0 +1,1 @@
+"""Manifests, patient-level splits, MONAI transforms and the Lightning data module."""

@@ -1,0 +1,201 @@
+"""The Lightning data module: manifest → patient-level splits → cached MONAI datasets → loaders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from chestxr import keys
+from chestxr.data.manifest import Manifest, load_manifest, output_names
+from chestxr.data.splits import assign_splits
+from chestxr.data.transforms import augmentation, compose, preprocessing
+
+log = logging.getLogger(__name__)
+
+CACHE_MODES = ("disk", "memory", "none")
+READER_VERSION = 1  # bump when the reader's output changes, to invalidate preprocessing caches
+
+
+def preprocess_key(preprocess: dict[str, Any]) -> str:
+    """Short hash of the preprocessing settings, naming their cache folder."""
+    blob = json.dumps({"reader": READER_VERSION, **preprocess}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_items(manifest: Manifest, rows: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Sample dictionaries (path, target, patient, row) for the given manifest rows."""
+    rows = np.arange(len(manifest)) if rows is None else rows
+    return [
+        {
+            keys.IMAGE: str(manifest.paths[i]),
+            keys.PATH: str(manifest.paths[i]),
+            keys.TARGET: manifest.targets[i],
+            keys.PATIENT_ID: str(manifest.patient_ids[i]),
+            keys.INDEX: int(i),
+        }
+        for i in rows
+    ]
+
+
+class RadiographDataModule(L.LightningDataModule):
+    """Data for training, validation and testing, from one manifest.
+
+    Args:
+        manifest: path of the manifest CSV, or a callable returning it (such as a partial of
+            :func:`chestxr.data.synthetic.ensure_synthetic`, called in ``prepare_data``).
+        task: ``binary`` or ``multilabel``.
+        classes: ``[NEGATIVE, POSITIVE]`` (binary) or the findings (multilabel).
+        preprocess: keyword arguments of :func:`chestxr.data.transforms.preprocessing`.
+        augment: keyword arguments of :func:`chestxr.data.transforms.augmentation`, or None.
+        split: ``val_fraction``, ``test_fraction``, ``seed`` for rows without a ``split``.
+        batch_size: samples per batch (per process under DDP).
+        num_workers: loader worker processes.
+        cache: ``disk`` (persistent, keyed by the preprocessing settings), ``memory`` or ``none``.
+        cache_dir: root folder of the disk cache.
+        sampler: ``null`` (shuffle) or ``weighted`` (balance positives and negatives; binary).
+        no_finding: label tokens meaning "no finding" (multilabel).
+        uncertain: policy for ``-1`` labels: ``ignore``, ``zeros`` or ``ones``.
+    """
+
+    def __init__(
+        self,
+        manifest: str | os.PathLike[str] | Callable[[], Path],
+        task: str,
+        classes: Sequence[str],
+        preprocess: dict[str, Any],
+        augment: dict[str, Any] | None = None,
+        split: dict[str, Any] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        cache: str = "disk",
+        cache_dir: str | os.PathLike[str] | None = None,
+        sampler: str | None = None,
+        no_finding: Sequence[str] = ("No Finding", "normal"),
+        uncertain: str = "ignore",
+    ) -> None:
+        super().__init__()
+        if cache not in CACHE_MODES:
+            raise ValueError(f"data.cache must be one of {CACHE_MODES}, got {cache!r}")
+        if cache == "disk" and cache_dir is None:
+            raise ValueError("data.cache=disk needs data.cache_dir")
+        if sampler not in (None, "weighted"):
+            raise ValueError(f"data.sampler must be null or 'weighted', got {sampler!r}")
+        self.task = task
+        self.classes = [str(c) for c in classes]
+        self.output_names = output_names(task, self.classes)
+        self.preprocess = dict(preprocess)
+        self.augment = dict(augment) if augment is not None else None
+        self.split = {"val_fraction": 0.15, "test_fraction": 0.15, "seed": 0, **(split or {})}
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.cache = cache
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        self.sampler = sampler
+        self.no_finding = list(no_finding)
+        self.uncertain = uncertain
+        self._manifest_source = manifest
+        self.manifest: Manifest | None = None
+        self.datasets: dict[str, Dataset] = {}
+
+    # -- manifest and splits -------------------------------------------------------------------
+    def manifest_path(self) -> Path:
+        """The manifest CSV, generating it first when the config gives a generator."""
+        source = self._manifest_source
+        return Path(source() if callable(source) else source).expanduser()
+
+    def prepare_data(self) -> None:
+        self.manifest_path()
+
+    def load(self) -> Manifest:
+        """Read the manifest and give every row its split (idempotent)."""
+        if self.manifest is None:
+            m = load_manifest(
+                self.manifest_path(),
+                task=self.task,
+                classes=self.classes,
+                no_finding=self.no_finding,
+                uncertain=self.uncertain,
+            )
+            m.splits = assign_splits(m.patient_ids, m.targets, m.splits, **self.split)
+            self.manifest = m
+            counts = {s: int((m.splits == s).sum()) for s in ("train", "val", "test")}
+            log.info("manifest %s: %d scans, splits %s", m.source, len(m), counts)
+        return self.manifest
+
+    def rows(self, split: str) -> np.ndarray:
+        """Manifest rows of a split."""
+        return np.flatnonzero(self.load().splits == split)
+
+    # -- datasets ------------------------------------------------------------------------------
+    def preprocessing_transforms(self) -> list:
+        return preprocessing(**self.preprocess)
+
+    def dataset(self, split: str, train: bool | None = None) -> Dataset:
+        """The MONAI dataset of a split; augmented when ``train`` (default: split == 'train')."""
+        train = split == "train" if train is None else train
+        items = make_items(self.load(), self.rows(split))
+        if not items:
+            raise ValueError(f"the {split!r} split of {self.load().source} is empty")
+        chain = self.preprocessing_transforms()
+        if train and self.augment is not None:
+            chain += augmentation(image_size=self.preprocess["image_size"], **self.augment)
+        transform = compose(chain)
+        if self.cache == "disk":
+            folder = self.cache_dir / preprocess_key(self.preprocess)
+            return PersistentDataset(items, transform, cache_dir=folder)
+        if self.cache == "memory":
+            return CacheDataset(items, transform, num_workers=self.num_workers or None)
+        return Dataset(items, transform)
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
+            stage or "", ("train", "val", "test")
+        )
+        for split in wanted:
+            if split not in self.datasets:
+                self.datasets[split] = self.dataset(split)
+
+    def positive_weights(self) -> np.ndarray:
+        """Negatives over positives per output on the training split (for ``pos_weight``)."""
+        t = self.load().targets[self.rows("train")]
+        pos = np.nansum(t, axis=0)
+        neg = np.sum(~np.isnan(t), axis=0) - pos
+        return (neg / np.maximum(pos, 1)).astype(np.float32)
+
+    # -- loaders -------------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.datasets.get(split) or self.dataset(split)
+        self.datasets[split] = ds
+        sampler = None
+        if shuffle and self.sampler == "weighted":
+            t = np.nan_to_num(self.load().targets[self.rows(split)][:, 0])
+            w = np.where(t > 0.5, 0.5 / max(t.sum(), 1), 0.5 / max((1 - t).sum(), 1))
+            sampler = WeightedRandomSampler(w.tolist(), num_samples=len(w), replacement=True)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle and len(ds) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,138 @@
+"""MONAI transform chains: deterministic preprocessing (cacheable), then random augmentation.
+
+Preprocessing decodes the radiograph with chestxr's reader (``LoadRadiographd``), then either keeps
+the aspect ratio (resize the longest side, pad to a square: ``resize="pad"``) or stretches to the
+square (``resize="stretch"``). Intensities stay in [0, 1] as the reader gives them; the network
+normalises them itself with the statistics of its weights. Augmentation keeps laterality: no flips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    RandAdjustContrastd,
+    RandAffined,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Resized,
+    SpatialPadd,
+    Transform,
+)
+
+from chestxr import keys
+from chestxr.io import DEFAULT_MAX_PIXELS, LoadRadiographd
+
+RESIZE_POLICIES = ("pad", "stretch")
+
+
+def preprocessing(
+    image_size: int,
+    resize: str = "pad",
+    frame: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    voi: str = "header",
+) -> list[Transform]:
+    """Deterministic transforms from a file path to a ``(1, S, S)`` float32 tensor in [0, 1].
+
+    Args:
+        image_size: side S of the square network input.
+        resize: ``pad`` (keep aspect, pad to square) or ``stretch`` (plain resize to S x S).
+        frame: frame to take from multi-frame files (None: such files are an error).
+        max_pixels: decompression-bomb guard passed to the reader.
+        voi: reader's VOI policy (``header`` or ``minmax``).
+
+    Raises:
+        ValueError: unknown resize policy or a non-positive size.
+    """
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
+    if image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    load = LoadRadiographd(keys.IMAGE, frame=frame, max_pixels=max_pixels, voi=voi)
+    if resize == "pad":
+        spatial: list[Transform] = [
+            Resized(keys.IMAGE, image_size, size_mode="longest", mode="area"),
+            SpatialPadd(keys.IMAGE, (image_size, image_size), method="symmetric"),
+        ]
+    else:
+        spatial = [Resized(keys.IMAGE, (image_size, image_size), mode="area")]
+    tensors = EnsureTyped(
+        [keys.IMAGE, keys.TARGET], dtype=np.float32, track_meta=False, allow_missing_keys=True
+    )
+    return [load, *spatial, tensors]
+
+
+def augmentation(
+    prob: float = 0.8,
+    rotate_degrees: float = 7.0,
+    scale: float = 0.1,
+    translate: float = 0.05,
+    contrast_gamma: Sequence[float] = (0.8, 1.25),
+    intensity_scale: float = 0.1,
+    intensity_shift: float = 0.05,
+    image_size: int | None = None,
+) -> list[Transform]:
+    """Random train-time transforms that keep laterality (no flips).
+
+    Args:
+        prob: probability of each random transform.
+        rotate_degrees: maximum in-plane rotation.
+        scale: maximum relative zoom in or out.
+        translate: maximum shift as a fraction of the image side (needs ``image_size``).
+        contrast_gamma: gamma range of the contrast change.
+        intensity_scale: maximum relative brightness scaling.
+        intensity_shift: maximum additive brightness shift.
+        image_size: side of the input, to turn ``translate`` into pixels.
+    """
+    shift = translate * image_size if image_size else 0.0
+    return [
+        RandAffined(
+            keys.IMAGE,
+            prob=prob,
+            rotate_range=np.deg2rad(rotate_degrees),
+            scale_range=(scale, scale),
+            translate_range=(shift, shift),
+            padding_mode="zeros",
+            mode="bilinear",
+        ),
+        RandAdjustContrastd(keys.IMAGE, prob=prob, gamma=tuple(contrast_gamma)),
+        RandScaleIntensityd(keys.IMAGE, factors=intensity_scale, prob=prob),
+        RandShiftIntensityd(keys.IMAGE, offsets=intensity_shift, prob=prob),
+        EnsureTyped(keys.IMAGE, dtype=np.float32, track_meta=False),
+    ]
+
+
+def geometry(orig_shape: Sequence[int], image_size: int, resize: str = "pad") -> dict[str, float]:
+    """Where an original ``(H, W)`` image lands in the square input, as ``preprocessing`` puts it.
+
+    Returns:
+        ``scale_y``, ``scale_x`` (input pixels per original pixel), ``pad_top``, ``pad_left`` and
+        ``size``: original ``(y, x)`` maps to ``(y * scale_y + pad_top, x * scale_x + pad_left)``.
+    """
+    h, w = (int(v) for v in orig_shape)
+    if resize == "stretch":
+        return {
+            "scale_y": image_size / h,
+            "scale_x": image_size / w,
+            "pad_top": 0,
+            "pad_left": 0,
+            "size": image_size,
+        }
+    s = image_size / max(h, w)
+    nh, nw = int(round(h * s)), int(round(w * s))
+    return {
+        "scale_y": nh / h,
+        "scale_x": nw / w,
+        "pad_top": (image_size - nh) // 2,
+        "pad_left": (image_size - nw) // 2,
+        "size": image_size,
+    }
+
+
+def compose(transforms: Sequence[Transform]) -> Compose:
+    """MONAI ``Compose`` that maps whole dictionaries (no per-key unpacking)."""
+    return Compose(list(transforms))

@@ -1,0 +1,99 @@
+"""``python -m chestxr.train``: fine-tune, test the best checkpoint, evaluate and report.
+
+A thin Hydra wrapper around :func:`train`; every choice lives in ``conf/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from chestxr.utils.files import ensure_fresh_run_dir
+from chestxr.utils.hardware import resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group (callbacks, loggers) that has a ``_target_``."""
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+@rank_zero_only
+def finish(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, out_dir: Path) -> dict[str, Any]:
+    """Store the validation operating point in the best checkpoint, then evaluate and report."""
+    from chestxr.evaluate import evaluate_model, fit_thresholds
+    from chestxr.inference import load_model
+
+    best = (
+        trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    )
+    model = load_model(best)
+    fit_thresholds(model, datamodule, cfg.evaluation.get("batch_size", 64))
+    final = out_dir / "checkpoints" / "model.ckpt"
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    ckpt["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
+    torch.save(ckpt, final)
+    log.info("final model (best on validation, with its operating point): %s", final)
+    metrics = evaluate_model(model, datamodule, out_dir / "evaluation", cfg.evaluation)
+    if cfg.get("make_report"):
+        from chestxr.report import report_model
+
+        report_model(model, datamodule, out_dir / "report", cfg.report)
+    return metrics
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the model on the train split, select on validation, then test and report.
+
+    Returns:
+        The metrics logged by the trainer (and the evaluation's when run), and the objects built.
+    """
+    out_dir = Path(cfg.paths.output_dir)
+    if rank_zero_only.rank == 0 and not cfg.get("ckpt_path"):
+        ensure_fresh_run_dir(out_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        precision=precision,
+        callbacks=instantiate_group(cfg.get("callbacks")),
+        logger=instantiate_group(cfg.get("logger")),
+    )
+    log.info("training %s on %s (%s)", model.output_names, cfg.data.get("manifest"), precision)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics: dict[str, Any] = dict(trainer.callback_metrics)
+
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule, ckpt_path="best")
+        metrics.update(trainer.callback_metrics)
+        evaluation = finish(cfg, trainer, datamodule, out_dir)
+        if evaluation:
+            metrics["evaluation"] = evaluation
+    log.info("run folder: %s", out_dir.resolve())
+    return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+    metrics, _ = train(cfg)
+    value = metrics.get("val/auc")
+    return float(value) if value is not None else None
+
+
+if __name__ == "__main__":
+    main()

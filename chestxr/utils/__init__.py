@@ -1,0 +1,1 @@
+"""Small helpers: hardware detection, run folders, atomic file writes."""
