@@ -1,0 +1,66 @@
+"""Clinical evaluation of K sigmoid outputs: metrics at an operating point, patient-level
+bootstrap intervals, calibration, paired model comparison, figures and report files.
+
+Conventions: ``y_true`` is (N, K) 0/1 with NaN where a label is unknown (masked per output),
+``y_prob`` (N, K) probabilities, ``names`` the K output names, ``patient_ids`` (N,) the bootstrap
+unit. A scan is predicted positive when ``prob >= threshold``. The ``metrics.json`` schema is
+documented in :mod:`chestxr.evaluation.outputs`.
+"""
+
+from __future__ import annotations
+
+from chestxr.evaluation.bootstrap import (
+    bootstrap_distribution,
+    cluster_bootstrap,
+    delong_test,
+    paired_auc_difference,
+    roc_band,
+)
+from chestxr.evaluation.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    logit,
+    reliability_curve,
+)
+from chestxr.evaluation.metrics import (
+    SCALAR_METRICS,
+    BinaryMetrics,
+    binary_metrics,
+    weighted_binary_metrics,
+)
+from chestxr.evaluation.operating_point import choose_threshold, choose_thresholds
+from chestxr.evaluation.outputs import (
+    SCHEMA,
+    evaluate_predictions,
+    read_predictions,
+    write_evaluation,
+)
+from chestxr.evaluation.plots import plot_confusion_matrix, plot_pr, plot_reliability, plot_roc
+
+__all__ = [
+    "SCALAR_METRICS",
+    "SCHEMA",
+    "BinaryMetrics",
+    "apply_temperature",
+    "binary_metrics",
+    "bootstrap_distribution",
+    "choose_threshold",
+    "choose_thresholds",
+    "cluster_bootstrap",
+    "delong_test",
+    "evaluate_predictions",
+    "expected_calibration_error",
+    "fit_temperature",
+    "logit",
+    "paired_auc_difference",
+    "plot_confusion_matrix",
+    "plot_pr",
+    "plot_reliability",
+    "plot_roc",
+    "read_predictions",
+    "reliability_curve",
+    "roc_band",
+    "weighted_binary_metrics",
+    "write_evaluation",
+]

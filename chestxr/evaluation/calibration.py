@@ -1,0 +1,164 @@
+"""Calibration: reliability curves, expected calibration error and temperature scaling.
+
+Binning (shared by :func:`reliability_curve` and :func:`expected_calibration_error`) follows
+scikit-learn's ``calibration_curve(strategy="uniform")``: ``n_bins`` equal-width bins over [0, 1]
+with edges ``linspace(0, 1, n_bins + 1)``; bin 0 is ``[0, e1]``, bin i > 0 is ``(e_i, e_i+1]``.
+
+ECE = sum over bins b of ``(n_b / N) * |mean(y in b) - mean(p in b)|``, i.e. the count-weighted
+mean absolute gap between observed frequency and mean predicted probability (empty bins add 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from chestxr.evaluation._arrays import as_label_prob
+
+log = logging.getLogger(__name__)
+
+_LOG_T_RANGE = (math.log(1e-3), math.log(1e3))
+
+
+def bin_indices(y_prob: np.ndarray, n_bins: int = 10) -> np.ndarray:
+    """Return the calibration bin (0 .. n_bins - 1) of each probability (module docstring).
+
+    Raises:
+        ValueError: ``n_bins`` < 1.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.searchsorted(edges[1:-1], np.asarray(y_prob, dtype=np.float64), side="left")
+
+
+def expected_calibration_error(
+    y_true: Sequence[float] | np.ndarray, y_prob: Sequence[float] | np.ndarray, n_bins: int = 10
+) -> float | None:
+    """Expected calibration error with ``n_bins`` equal-width bins (module docstring).
+
+    Args:
+        y_true: 1-D labels, 0/1, NaN masked.
+        y_prob: 1-D probabilities.
+        n_bins: number of equal-width bins over [0, 1].
+
+    Returns:
+        The ECE in [0, 1], or None when no row is labelled.
+    """
+    labels, probs, _ = as_label_prob(y_true, y_prob)
+    if labels.size == 0:
+        return None
+    bins = bin_indices(probs, n_bins)
+    gap = np.bincount(bins, weights=labels - probs, minlength=n_bins)
+    return float(np.abs(gap).sum() / labels.size)
+
+
+def reliability_curve(
+    y_true: Sequence[float] | np.ndarray, y_prob: Sequence[float] | np.ndarray, n_bins: int = 10
+) -> dict[str, list]:
+    """Reliability diagram data with equal-width bins.
+
+    Args:
+        y_true: 1-D labels, 0/1, NaN masked.
+        y_prob: 1-D probabilities.
+        n_bins: number of bins.
+
+    Returns:
+        ``{"bin_edges", "bin_centers", "counts", "mean_predicted", "observed_frequency"}`` as
+        lists (length ``n_bins``, edges ``n_bins + 1``); empty bins hold None in the last two.
+    """
+    labels, probs, _ = as_label_prob(y_true, y_prob)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = bin_indices(probs, n_bins)
+    counts = np.bincount(bins, minlength=n_bins)
+    sum_p = np.bincount(bins, weights=probs, minlength=n_bins)
+    sum_y = np.bincount(bins, weights=labels.astype(np.float64), minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p, freq = sum_p / counts, sum_y / counts
+    return {
+        "bin_edges": edges.tolist(),
+        "bin_centers": ((edges[:-1] + edges[1:]) / 2).tolist(),
+        "counts": counts.astype(int).tolist(),
+        "mean_predicted": [float(v) if c else None for v, c in zip(mean_p, counts, strict=True)],
+        "observed_frequency": [float(v) if c else None for v, c in zip(freq, counts, strict=True)],
+    }
+
+
+def _nll(log_t: float, logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary cross-entropy of ``sigmoid(logits / exp(log_t))`` (numerically stable)."""
+    signed = np.where(labels == 1, logits, -logits) / math.exp(log_t)
+    return float(np.logaddexp(0.0, -signed).mean())
+
+
+def fit_temperature(
+    logits: Sequence[float] | np.ndarray, y_true: Sequence[float] | np.ndarray
+) -> float:
+    """Fit the temperature T > 0 minimising the NLL of ``sigmoid(logits / T)``.
+
+    One T is shared by all outputs when ``logits`` is (N, K). The NLL is convex in 1/T, hence
+    unimodal in log T: a golden-section search over log T in [log 1e-3, log 1e3] finds it.
+
+    Args:
+        logits: (N,) or (N, K) pre-sigmoid scores (fit on validation data, not test data).
+        y_true: labels of the same shape, 0/1 with NaN masked.
+
+    Returns:
+        The temperature; divide logits by it before the sigmoid (see :func:`apply_temperature`).
+
+    Raises:
+        ValueError: shapes differ, non-finite logits at labelled rows, or no labelled row.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.float64)
+    if z.shape != y.shape:
+        raise ValueError(f"logits {z.shape} and y_true {y.shape} must have the same shape")
+    keep = ~np.isnan(y)
+    z, y = z[keep], y[keep]
+    if z.size == 0:
+        raise ValueError("fit_temperature needs at least one labelled row")
+    if not np.isfinite(z).all():
+        raise ValueError("logits must be finite at labelled rows")
+    bad = y[(y != 0) & (y != 1)]
+    if bad.size:
+        raise ValueError(f"labels must be 0, 1 or NaN, got {bad[:5].tolist()}")
+
+    lo, hi = _LOG_T_RANGE
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = _nll(a, z, y), _nll(b, z, y)
+    for _ in range(200):
+        if hi - lo < 1e-10:
+            break
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = lo + (1 - ratio) * (hi - lo)
+            fa = _nll(a, z, y)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = _nll(b, z, y)
+    log_t = (lo + hi) / 2
+    if min(abs(log_t - _LOG_T_RANGE[0]), abs(log_t - _LOG_T_RANGE[1])) < 1e-3:
+        log.warning("temperature hit the search bound (T = %.3g): logits look uninformative", log_t)
+    return math.exp(log_t)
+
+
+def apply_temperature(logits: Sequence[float] | np.ndarray, temperature: float) -> np.ndarray:
+    """Return ``sigmoid(logits / temperature)``.
+
+    Raises:
+        ValueError: ``temperature`` is not a positive finite number.
+    """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def logit(y_prob: Sequence[float] | np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """Inverse sigmoid of probabilities clipped to ``[eps, 1 - eps]`` (for saved predictions)."""
+    p = np.clip(np.asarray(y_prob, dtype=np.float64), eps, 1.0 - eps)
+    return np.log(p) - np.log1p(-p)
