@@ -1,0 +1,490 @@
+"""DICOM radiographs to display-ready grey images: pydicom decode, Modality LUT, VOI, inversion.
+
+The pipeline follows the DICOM grayscale standard display chain (PS3.3 C.11):
+
+1. decode the stored values with pydicom's decoders (one frame when ``frame`` is given);
+2. Modality LUT: the Modality LUT Sequence (:func:`pydicom.pixels.apply_modality_lut`) or
+   Rescale Slope/Intercept;
+3. VOI: the first VOI LUT Sequence item when present (scaled to [0, 1] by the range of that
+   LUT's entries), else the first Window Center/Width pair (the header's default view when it
+   lists several) with the VOI LUT Function (LINEAR, LINEAR_EXACT or SIGMOID) mapped straight to
+   [0, 1], else min-max. A window that leaves every pixel on one side of it (a header that does
+   not fit its pixel data) falls back to min-max, logged; so do empty or malformed LUTs and
+   windows. ``voi="minmax"`` always uses min-max of the modality values;
+4. inversion after VOI for MONOCHROME1, or for MONOCHROME2 with Presentation LUT Shape INVERSE,
+   so that brighter always means more attenuation.
+
+Colour images (RGB, YBR_* converted to RGB by pydicom, PALETTE COLOR through its palette) are
+folded to grey with ITU-R BT.601 luma weights and scaled by the largest value the stored bits
+allow; Modality and VOI LUTs do not apply to them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space, get_decoder
+from pydicom.pixels.utils import as_pixel_options, get_nr_frames
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from chestxr.io.errors import RadiographReadError
+
+logger = logging.getLogger(__name__)
+
+#: ITU-R BT.601 luma weights (R, G, B), as Pillow's ``convert("L")`` uses.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+#: What to install when a compressed transfer syntax has no decoder.
+DICOM_EXTRA_HINT = "pip install 'chestxr[dicom]'"
+
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_YBR = ("YBR_FULL", "YBR_FULL_422")
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+_MIN_WIDTH = {"LINEAR": ">= 1", "LINEAR_EXACT": "> 0", "SIGMOID": "> 0"}
+
+# Header keys that are safe to report: no patient name, ID or birth date.
+_HEADER_TEXT_KEYS = {
+    "modality": "Modality",
+    "photometric": "PhotometricInterpretation",
+    "view_position": "ViewPosition",
+    "manufacturer": "Manufacturer",
+    "study_uid": "StudyInstanceUID",
+    "series_uid": "SeriesInstanceUID",
+    "sop_uid": "SOPInstanceUID",
+}
+
+
+def read_dicom_dataset(path: str | PathLike[str], *, stop_before_pixels: bool = False) -> Dataset:
+    """Read a DICOM file, with or without a preamble and file meta header.
+
+    ``force=True`` lets pydicom read old ACR-NEMA style files that have neither; their transfer
+    syntax is then set from the encoding pydicom detected (implicit VR little endian for
+    ACR-NEMA).
+
+    Args:
+        path: the file.
+        stop_before_pixels: skip the Pixel Data element (header only).
+
+    Returns:
+        The dataset, with ``file_meta.TransferSyntaxUID`` always set.
+
+    Raises:
+        RadiographReadError: the file holds no image (no Rows/Columns).
+    """
+    ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+    has_pixels = stop_before_pixels or "PixelData" in ds
+    if "Rows" not in ds or "Columns" not in ds or not has_pixels:
+        if ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID"):
+            sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
+            reason = f"DICOM file without an image (no Rows/Columns/Pixel Data): {sop_class.name}"
+        else:
+            reason = (
+                "not a DICOM, PNG or JPEG image: no DICOM/PNG/JPEG signature, and read as a "
+                "DICOM data set it has no image (Rows, Columns, Pixel Data)"
+            )
+        raise RadiographReadError(path, reason)
+    if not ds.file_meta.get("TransferSyntaxUID"):
+        is_implicit, is_little = ds.original_encoding
+        if is_implicit is False:
+            tsyntax = ExplicitVRLittleEndian if is_little is not False else ExplicitVRBigEndian
+        else:
+            tsyntax = ImplicitVRLittleEndian
+        logger.debug("%s: no file meta transfer syntax, assuming %s", path, tsyntax.name)
+        ds.file_meta.TransferSyntaxUID = tsyntax
+    return ds
+
+
+def dicom_header(path: str | PathLike[str]) -> dict[str, Any]:
+    """Cheap metadata of a DICOM radiograph (the pixel data is not read).
+
+    Args:
+        path: the file.
+
+    Returns:
+        The keys documented in :func:`chestxr.io.read_header`; ``pixel_spacing`` is Pixel Spacing,
+        or Imager Pixel Spacing when only that is present (DX), as (row, column) in mm.
+
+    Raises:
+        RadiographReadError: the file holds no image.
+    """
+    ds = read_dicom_dataset(path, stop_before_pixels=True)
+    header: dict[str, Any] = {
+        "format": "dicom",
+        "rows": int(ds.Rows),
+        "columns": int(ds.Columns),
+        "frames": get_nr_frames(ds, warn=False),
+        "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
+        "bits_stored": _int_or_none(ds.get("BitsStored")),
+        "pixel_spacing": None,
+        "mode": None,
+    }
+    for key, keyword in _HEADER_TEXT_KEYS.items():
+        value = ds.get(keyword)
+        header[key] = (str(value).strip() or None) if value is not None else None
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    if spacing is not None and not isinstance(spacing, str | bytes) and len(spacing) == 2:
+        row, column = _first_value(spacing[0]), _first_value(spacing[1])
+        if row is not None and column is not None:
+            header["pixel_spacing"] = (row, column)
+    return header
+
+
+def read_dicom(
+    path: str | PathLike[str], *, frame: int | None, max_pixels: int, voi: str
+) -> np.ndarray:
+    """Decode one DICOM radiograph to a display-ready grey image (see the module docstring).
+
+    Args:
+        path: the file.
+        frame: the frame of a multi-frame image (required there); ``None`` or 0 otherwise.
+        max_pixels: refuse images with more than Rows * Columns * frames pixels, before decoding.
+        voi: ``"header"`` (VOI LUT / window from the header, else min-max) or ``"minmax"``.
+
+    Returns:
+        float32 array (H, W) in [0, 1], brighter = more attenuation.
+
+    Raises:
+        RadiographReadError: anything this module knows how to explain; other exceptions from
+            pydicom are wrapped by :func:`chestxr.io.read_radiograph`.
+    """
+    ds = read_dicom_dataset(path)
+    arr, photometric = _decode(path, ds, frame=frame, max_pixels=max_pixels)
+    if photometric in _MONOCHROME:
+        if arr.ndim != 2:
+            raise RadiographReadError(
+                path, f"{photometric} image decoded to shape {arr.shape}, expected (rows, columns)"
+            )
+        grey = _modality_lut(path, arr, ds)
+        grey = minmax(grey) if voi == "minmax" else _voi(path, grey, ds)
+        grey = np.ascontiguousarray(grey, dtype=np.float32)
+        if photometric == "MONOCHROME1" or _presentation_inverse(ds):
+            np.subtract(np.float32(1.0), grey, out=grey)
+        return grey
+    grey = _colour_to_grey(path, arr, ds, photometric)
+    return minmax(grey) if voi == "minmax" else grey
+
+
+def minmax(arr: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] by the image's own range; a constant image gives zeros.
+
+    Args:
+        arr: any real array.
+
+    Returns:
+        float32 array of the same shape.
+    """
+    arr = np.asarray(arr)
+    lo, hi = float(arr.min()), float(arr.max())
+    if not hi > lo:  # constant (or NaN): no range to scale by
+        return np.zeros(arr.shape, dtype=np.float32)
+    out = np.array(arr, dtype=np.float32)  # a copy, worked on in place
+    out -= np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _decode(
+    path: str | PathLike[str], ds: Dataset, *, frame: int | None, max_pixels: int
+) -> tuple[np.ndarray, str]:
+    """Check size, frames and decoder, then decode; returns (array, photometric after decode)."""
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    frames = get_nr_frames(ds, warn=False)
+    if rows <= 0 or columns <= 0:
+        raise RadiographReadError(path, f"empty image: Rows={rows}, Columns={columns}")
+    if rows * columns * frames > max_pixels:
+        raise RadiographReadError(
+            path,
+            f"image too large: {rows} x {columns} x {frames} frame(s) = "
+            f"{rows * columns * frames} pixels > max_pixels={max_pixels} "
+            "(decompression-bomb guard; raise max_pixels if the file is trusted)",
+        )
+    if frame is None and frames > 1:
+        raise RadiographReadError(
+            path, f"multi-frame image ({frames} frames): pass frame=<0..{frames - 1}> to pick one"
+        )
+    if frame is not None and not 0 <= frame < frames:
+        raise RadiographReadError(
+            path, f"frame={frame} is out of range: the image has {frames} frame(s)"
+        )
+
+    tsyntax: UID = ds.file_meta.TransferSyntaxUID
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError as err:
+        raise RadiographReadError(
+            path, f"transfer syntax {tsyntax.name} ({tsyntax}) is not supported by pydicom"
+        ) from err
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "no plugin"
+        raise RadiographReadError(
+            path,
+            f"no decoder installed for transfer syntax {tsyntax.name} ({tsyntax}): "
+            f"{DICOM_EXTRA_HINT} (pylibjpeg plugins) [{missing}]",
+        )
+
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if not photometric and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
+        logger.warning("%s: no Photometric Interpretation, assuming MONOCHROME2", path)
+        ds.PhotometricInterpretation = photometric = "MONOCHROME2"
+    try:
+        arr, changes = decoder.as_array(
+            ds, index=frame if frames > 1 else None, validate=True, **as_pixel_options(ds)
+        )
+    except Exception as err:
+        raise RadiographReadError(
+            path,
+            f"pixel data could not be decoded ({tsyntax.name}): {type(err).__name__}: {err}",
+        ) from err
+    except BaseException as err:  # Rust decoders panic with pyo3's BaseException subclass
+        if isinstance(err, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        raise RadiographReadError(
+            path, f"pixel data could not be decoded ({tsyntax.name}): decoder crashed: {err}"
+        ) from err
+    photometric = str(changes.get("photometric_interpretation", photometric)).strip().upper()
+    return arr, photometric
+
+
+def _modality_lut(path: str | PathLike[str], arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values to modality values.
+
+    The Modality LUT Sequence goes through pydicom's ``apply_modality_lut``; Rescale
+    Slope/Intercept is applied here in float32 (pydicom works in float64, twice the memory
+    traffic) and skipped when it is the identity. Empty LUTs and half-present rescales are
+    ignored (logged); a non-finite or zero slope is an error.
+    """
+    if "ModalityLUTSequence" in ds and not _lut_item(ds, "ModalityLUTSequence"):
+        logger.warning("%s: empty or incomplete Modality LUT Sequence ignored", path)
+        del ds.ModalityLUTSequence
+    if "ModalityLUTSequence" not in ds:
+        slope = _float_or_none(ds, "RescaleSlope")
+        intercept = _float_or_none(ds, "RescaleIntercept")
+        if slope is None or intercept is None:
+            # pydicom rescales only when both are present; drop half-present/empty values
+            for keyword in ("RescaleSlope", "RescaleIntercept"):
+                if keyword in ds:
+                    delattr(ds, keyword)
+            if slope is not None or intercept is not None:
+                logger.warning("%s: Rescale Slope/Intercept incomplete, ignored", path)
+            return arr
+        if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
+            raise RadiographReadError(
+                path, f"invalid Rescale Slope/Intercept: {slope!r}/{intercept!r}"
+            )
+        if slope == 1 and intercept == 0:
+            return arr
+        # pydicom's rescale in float32 instead of float64: exact for stored values < 2**24
+        out = arr.astype(np.float32)
+        out *= np.float32(slope)
+        out += np.float32(intercept)
+        return out
+    return apply_modality_lut(arr, ds)
+
+
+def _voi(path: str | PathLike[str], arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """VOI from the header (VOI LUT Sequence, else first window, else min-max) to [0, 1]."""
+    item = _lut_item(ds, "VOILUTSequence")
+    if item is not None:
+        return _apply_voi_lut_item(path, arr, ds, item)
+    if "VOILUTSequence" in ds:
+        logger.warning("%s: empty or incomplete VOI LUT Sequence ignored", path)
+    window = _first_window(path, ds)
+    if window is not None:
+        out = window_to_unit(arr, *window)
+        if out.min() < out.max() or np.min(arr) == np.max(arr):
+            return out
+        logger.warning(
+            "%s: window center/width %s/%s puts every pixel outside the window (values %s..%s); "
+            "using min-max instead",
+            path,
+            window[0],
+            window[1],
+            np.min(arr),
+            np.max(arr),
+        )
+    return minmax(arr)
+
+
+def window_to_unit(
+    arr: np.ndarray, center: float, width: float, function: str = "LINEAR"
+) -> np.ndarray:
+    """The DICOM VOI window function (PS3.3 C.11.2.1.2 / C.11.2.1.3) with output range [0, 1].
+
+    This is pydicom's ``apply_windowing`` with y_min = 0 and y_max = 1: pydicom's own output
+    range depends on BitsStored and the rescale, so it would have to be undone.
+
+    Args:
+        arr: modality values.
+        center: Window Center.
+        width: Window Width (LINEAR: >= 1; LINEAR_EXACT and SIGMOID: > 0).
+        function: VOI LUT Function: ``LINEAR``, ``LINEAR_EXACT`` or ``SIGMOID``.
+
+    Returns:
+        float32 array in [0, 1].
+
+    Raises:
+        ValueError: unknown function or a width it does not allow.
+    """
+    if function not in _VOI_FUNCTIONS:
+        raise ValueError(f"unknown VOI LUT Function {function!r}; expected one of {_VOI_FUNCTIONS}")
+    if width < (1 if function == "LINEAR" else 0) or width == 0:
+        raise ValueError(f"{function} window width must be {_MIN_WIDTH[function]}, got {width!r}")
+    if function == "LINEAR" and width == 1:  # a step at center - 0.5
+        return (np.asarray(arr) > center - 0.5).astype(np.float32)
+    out = np.array(arr, dtype=np.float32)  # a copy, worked on in place
+    if function == "SIGMOID":
+        out -= np.float32(center)
+        out *= np.float32(-4.0 / width)
+        np.clip(out, -80.0, 80.0, out=out)
+        np.exp(out, out=out)
+        out += np.float32(1.0)
+        np.reciprocal(out, out=out)
+        return out
+    # LINEAR: ((x - (c - 0.5)) / (w - 1) + 0.5); LINEAR_EXACT: ((x - c) / w + 0.5); clipped
+    c, w = (center - 0.5, width - 1.0) if function == "LINEAR" else (center, width)
+    out *= np.float32(1.0 / w)
+    out += np.float32(0.5 - c / w)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _first_window(path: str | PathLike[str], ds: Dataset) -> tuple[float, float, str] | None:
+    """The first (center, width, function) of the header, or None when absent or unusable."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    center, width = _first_value(ds["WindowCenter"].value), _first_value(ds["WindowWidth"].value)
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    if center is None or width is None or function not in _VOI_FUNCTIONS:
+        logger.warning(
+            "%s: unusable window %r/%r (%s) ignored, using min-max",
+            path,
+            ds["WindowCenter"].value,
+            ds["WindowWidth"].value,
+            function,
+        )
+        return None
+    min_width = 1.0 if function == "LINEAR" else 0.0
+    if not (math.isfinite(center) and math.isfinite(width)) or width < min_width or width == 0:
+        logger.warning(
+            "%s: invalid window center/width %r/%r ignored, using min-max", path, center, width
+        )
+        return None
+    return center, width, function
+
+
+def _apply_voi_lut_item(
+    path: str | PathLike[str], arr: np.ndarray, ds: Dataset, item: Dataset
+) -> np.ndarray:
+    """Look modality values up in a VOI LUT and scale by the LUT's output range to [0, 1].
+
+    Written here rather than with ``pydicom.pixels.apply_voi``: pydicom 3.0 indexes the table
+    with an array of the LUT's output type, so an 8-bit LUT with more than 256 entries wraps.
+    """
+    first_map, table = _lut_table(path, item, ds)
+    if np.issubdtype(arr.dtype, np.integer):
+        index = arr.astype(np.int64) - first_map
+    else:  # a rescale made floats: round to the nearest table entry
+        index = np.rint(arr).astype(np.int64) - first_map
+    np.clip(index, 0, len(table) - 1, out=index)
+    lo, hi = float(table.min()), float(table.max())
+    if not hi > lo:
+        return np.zeros(np.shape(arr), dtype=np.float32)
+    scaled = (table.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    return scaled[index]
+
+
+def _lut_table(path: str | PathLike[str], item: Dataset, ds: Dataset) -> tuple[int, np.ndarray]:
+    """(first mapped value, entries) of a LUT item; LUT Data may be US values or OW bytes."""
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    if len(descriptor) != 3:
+        raise RadiographReadError(path, f"LUT Descriptor must have 3 values, got {descriptor}")
+    entries, first_map, bits = descriptor
+    entries = entries or 2**16
+    value = item["LUTData"].value
+    if isinstance(value, bytes | bytearray):
+        if bits <= 8 and len(value) == entries:  # packed 8-bit entries
+            table = np.frombuffer(value, dtype=np.uint8)
+        else:
+            little = ds.original_encoding[1] is not False
+            table = np.frombuffer(value[: 2 * (len(value) // 2)], dtype="<u2" if little else ">u2")
+    else:
+        table = np.atleast_1d(np.asarray(value, dtype=np.int64))
+    if table.size < entries:
+        raise RadiographReadError(
+            path, f"LUT Data has {table.size} entries, the LUT Descriptor says {entries}"
+        )
+    return first_map, table[:entries]
+
+
+def _lut_item(ds: Dataset, keyword: str) -> Dataset | None:
+    """The first item of a LUT sequence when it has a 3-value descriptor and data, else None."""
+    seq = ds.get(keyword)
+    if not seq:
+        return None
+    item = seq[0]
+    descriptor, data = item.get("LUTDescriptor"), item.get("LUTData")
+    if descriptor is None or data is None or len(descriptor) != 3:
+        return None
+    if isinstance(data, bytes | bytearray | list | tuple) and len(data) == 0:
+        return None
+    return item
+
+
+def _presentation_inverse(ds: Dataset) -> bool:
+    return str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
+
+
+def _colour_to_grey(
+    path: str | PathLike[str], arr: np.ndarray, ds: Dataset, photometric: str
+) -> np.ndarray:
+    """RGB, YBR_FULL(_422) or PALETTE COLOR to luma in [0, 1]."""
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)  # RGB in the palette's own bit depth
+        scale = float(np.iinfo(arr.dtype).max) if arr.dtype.kind in "ui" else 1.0
+    elif photometric == "RGB" or photometric in _YBR:
+        if photometric in _YBR:  # pydicom normally converts already; this is the fallback
+            arr = convert_color_space(arr, photometric, "RGB")
+        bits = int(ds.get("BitsStored") or 8)
+        scale = float(2**bits - 1)
+    else:
+        raise RadiographReadError(
+            path,
+            f"unsupported Photometric Interpretation {photometric!r}: chestxr reads "
+            "MONOCHROME1/2, RGB, YBR_FULL(_422) and PALETTE COLOR",
+        )
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise RadiographReadError(
+            path, f"{photometric} image decoded to shape {arr.shape}, expected (rows, columns, 3)"
+        )
+    luma = arr.astype(np.float32) @ np.asarray(LUMA_WEIGHTS, dtype=np.float32)
+    luma *= np.float32(1.0 / scale)
+    return np.clip(luma, 0.0, 1.0, out=luma)
+
+
+def _first_value(value: Any) -> float | None:
+    """First number of a DS value that may be multi-valued; None when empty or not a number."""
+    if value is None:
+        return None
+    if not isinstance(value, str | bytes) and hasattr(value, "__len__"):
+        if len(value) == 0:
+            return None
+        value = value[0]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_or_none(ds: Dataset, keyword: str) -> float | None:
+    return _first_value(ds.get(keyword)) if keyword in ds else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
