@@ -1,0 +1,44 @@
+"""Explanations of the classifier: Grad-CAM maps, their checks, overlays and reports.
+
+- :mod:`~chestxr.explain.cam`: :func:`compute_cams` (Grad-CAM / Grad-CAM++ via MONAI).
+- :mod:`~chestxr.explain.localisation`: pointing game and CAM-box IoU against annotated boxes.
+- :mod:`~chestxr.explain.faithfulness`: model-randomisation check and deletion curves.
+- :mod:`~chestxr.explain.overlay`: maps back to the original geometry, PNG figures, RGB blends.
+- :mod:`~chestxr.explain.html_report`: the self-contained HTML report.
+- :mod:`~chestxr.explain.secondary_capture`: overlays as DICOM Secondary Capture objects.
+"""
+
+from __future__ import annotations
+
+from chestxr.explain.cam import CAM_METHODS, compute_cams
+from chestxr.explain.faithfulness import (
+    deletion_curve,
+    randomisation_check,
+    randomise_weights,
+    spearman,
+)
+from chestxr.explain.html_report import ReportEntry, outcome, overlay_key, write_report_html
+from chestxr.explain.localisation import boxes_to_input, cam_box_iou, cam_peak, pointing_game
+from chestxr.explain.overlay import blend_overlay, cam_to_original, overlay_figure
+from chestxr.explain.secondary_capture import write_secondary_capture
+
+__all__ = [
+    "CAM_METHODS",
+    "ReportEntry",
+    "blend_overlay",
+    "boxes_to_input",
+    "cam_box_iou",
+    "cam_peak",
+    "cam_to_original",
+    "compute_cams",
+    "deletion_curve",
+    "outcome",
+    "overlay_figure",
+    "overlay_key",
+    "pointing_game",
+    "randomisation_check",
+    "randomise_weights",
+    "spearman",
+    "write_report_html",
+    "write_secondary_capture",
+]
