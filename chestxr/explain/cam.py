@@ -3,17 +3,51 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.visualize import GradCAM, GradCAMpp, ModelWithHooks
 from torch import nn
 
 log = logging.getLogger(__name__)
 
 CAM_METHODS = ("gradcam", "gradcam++")
+
+
+def stride_aligned_upsampler(
+    spatial_size: Sequence[int],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Upsample a strided feature map so each cell lands on the pixel it is centred on.
+
+    In a ResNet whose downsampling layers are padded stride-2 convolutions and pools (a 7x7/2 stem
+    with padding 3, a 3x3/2 max-pool and 3x3/2 convolutions with padding 1), cell ``i`` of a
+    stride-``s`` map is centred on input pixel ``s * i``. A plain resize (MONAI's default
+    upsampler, ``align_corners=False``) puts it at ``s * i + (s - 1) / 2`` instead, displacing every
+    map by half a cell towards the bottom right: 16 pixels for the last stage of a ResNet-18. Here
+    pixel ``y`` samples the map at ``y / s`` (bilinear, clamped at the border).
+
+    Args:
+        spatial_size: ``(H, W)`` of the input image.
+
+    Returns:
+        A function mapping ``(B, C, h, w)`` maps to ``(B, C, H, W)``.
+    """
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        grids = []
+        for size, cells in zip(spatial_size, x.shape[2:], strict=True):
+            stride = 2 ** round(math.log2(size / cells)) if cells < size else 1
+            pos = torch.arange(size, dtype=x.dtype, device=x.device) / stride  # in cell units
+            grids.append((2 * pos / max(cells - 1, 1) - 1).clamp(-1, 1))
+        gy, gx = torch.meshgrid(*grids, indexing="ij")
+        grid = torch.stack((gx, gy), dim=-1).expand(x.shape[0], -1, -1, -1)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+    return up
 
 
 class _RemovableHooks(ModelWithHooks):
@@ -139,7 +173,8 @@ def compute_cams(
 
     hooks = _RemovableHooks(model, target_layer)
     cam_cls = GradCAM if method == "gradcam" else GradCAMpp
-    cam = cam_cls(nn_module=hooks, target_layers=target_layer, postprocessing=_normalise)
+    cam = cam_cls(nn_module=hooks, target_layers=target_layer, postprocessing=_normalise,
+                  upsampler=stride_aligned_upsampler)
     try:
         with torch.inference_mode(False), torch.enable_grad(), _frozen_eval(model):
             # A clone made outside inference mode is a normal tensor that autograd can record.
