@@ -99,3 +99,34 @@ def test_nested_target_layer_and_bad_arguments() -> None:
         compute_cams(net, x, method="lime")
     with pytest.raises(ValueError, match="shape"):
         compute_cams(net, x[0, 0], target_layer="layer3")
+
+
+def test_layer4_cells_are_centred_on_stride_multiples_and_upsampled_there():
+    """Cell i of ResNet-18's last stage sees input pixels centred on 32*i (not 32*i + 16)."""
+    from chestxr.explain.cam import stride_aligned_upsampler
+    from chestxr.models.resnet import build_resnet18
+
+    net = build_resnet18(1).eval()
+    with torch.no_grad():  # symmetric kernels: each cell's receptive field is centred exactly
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.fill_(1.0 / m.weight[0].numel())
+    x = torch.rand(2, 1, 512, 512, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    feats = {}
+    net.layer4.register_forward_hook(lambda m, i, o: feats.setdefault("a", o))
+    net(x)
+    a = feats["a"]
+    assert a.shape[-2:] == (16, 16)
+    for i, j in [(8, 8), (7, 9)]:  # interior cells: the ~430 px receptive field fits
+        (g,) = torch.autograd.grad(a[:, :, i, j].sum(), x, retain_graph=True)
+        w = g[:, 0].abs().sum(0)
+        ys, xs = torch.meshgrid(torch.arange(512.0), torch.arange(512.0), indexing="ij")
+        cy, cx = float((w * ys).sum() / w.sum()), float((w * xs).sum() / w.sum())
+        # a plain resize would put the centre at 32 * i + 15.5
+        assert abs(cy - 32 * i) < 2 and abs(cx - 32 * j) < 2, (cy, cx)
+    # the upsampler puts a lone hot cell's peak on that pixel
+    cam = torch.zeros(1, 1, 8, 8)
+    cam[0, 0, 3, 4] = 1.0
+    up = stride_aligned_upsampler((256, 256))(cam)[0, 0]
+    peak = divmod(int(up.argmax()), 256)
+    assert peak == (96, 128)
