@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -13,16 +15,21 @@ from typing import Any
 import lightning as L
 import numpy as np
 from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.transforms import Compose
 from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import Dataset as TorchDataset
 
 from chestxr import keys
 from chestxr.data.manifest import Manifest, load_manifest, output_names
 from chestxr.data.splits import assign_splits
 from chestxr.data.transforms import augmentation, compose, preprocessing
+from chestxr.io import RadiographReadError
+from chestxr.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 CACHE_MODES = ("disk", "memory", "none")
+ON_ERROR = ("raise", "skip")
 READER_VERSION = 1  # bump when the reader's output changes, to invalidate preprocessing caches
 
 
@@ -47,6 +54,26 @@ def make_items(manifest: Manifest, rows: np.ndarray | None = None) -> list[dict[
     ]
 
 
+class _Checked(TorchDataset):
+    """Yields ``(row, "")`` for a sample that preprocesses, ``(row, reason)`` for one that fails."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, str]:
+        try:
+            self.dataset[i]
+        except Exception as err:
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, RadiographReadError):
+                cause = cause.__cause__ or cause.__context__
+            return i, cause.reason if cause is not None else f"{type(err).__name__}: {err}"
+        return i, ""
+
+
 class RadiographDataModule(L.LightningDataModule):
     """Data for training, validation and testing, from one manifest.
 
@@ -65,6 +92,12 @@ class RadiographDataModule(L.LightningDataModule):
         sampler: ``null`` (shuffle) or ``weighted`` (balance positives and negatives; binary).
         no_finding: label tokens meaning "no finding" (multilabel).
         uncertain: policy for ``-1`` labels: ``ignore``, ``zeros`` or ``ones``.
+        on_error: ``raise`` (an unreadable file stops the run, naming it) or ``skip`` (every file is
+            decoded once up front, filling the disk cache; unreadable ones are left out, listed
+            with their reasons in ``skipped.csv`` in ``report_dir``, and counted in the log).
+        max_skip_fraction: with ``skip``, the largest share of files that may be unreadable before
+            the run stops with an error.
+        report_dir: folder for ``skipped.csv`` (the run folder).
     """
 
     def __init__(
@@ -82,6 +115,9 @@ class RadiographDataModule(L.LightningDataModule):
         sampler: str | None = None,
         no_finding: Sequence[str] = ("No Finding", "normal"),
         uncertain: str = "ignore",
+        on_error: str = "raise",
+        max_skip_fraction: float = 0.01,
+        report_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         if cache not in CACHE_MODES:
@@ -103,6 +139,12 @@ class RadiographDataModule(L.LightningDataModule):
         self.sampler = sampler
         self.no_finding = list(no_finding)
         self.uncertain = uncertain
+        if on_error not in ON_ERROR:
+            raise ValueError(f"data.on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.on_error = on_error
+        self.max_skip_fraction = max_skip_fraction
+        self.report_dir = Path(report_dir) if report_dir is not None else None
+        self.readable: np.ndarray | None = None
         self._manifest_source = manifest
         self.manifest: Manifest | None = None
         self.datasets: dict[str, Dataset] = {}
@@ -128,13 +170,49 @@ class RadiographDataModule(L.LightningDataModule):
             )
             m.splits = assign_splits(m.patient_ids, m.targets, m.splits, **self.split)
             self.manifest = m
+            if self.on_error == "skip":
+                self.readable = self._check_files(m)
             counts = {s: int((m.splits == s).sum()) for s in ("train", "val", "test")}
             log.info("manifest %s: %d scans, splits %s", m.source, len(m), counts)
         return self.manifest
 
     def rows(self, split: str) -> np.ndarray:
-        """Manifest rows of a split."""
-        return np.flatnonzero(self.load().splits == split)
+        """Manifest rows of a split (readable ones only, under ``on_error=skip``)."""
+        mask = self.load().splits == split
+        if self.readable is not None:
+            mask &= self.readable
+        return np.flatnonzero(mask)
+
+    def _check_files(self, m: Manifest) -> np.ndarray:
+        """Decode every file once; returns the readable mask, recording the others.
+
+        Raises:
+            RuntimeError: more than ``max_skip_fraction`` of the files are unreadable.
+        """
+        checked = _Checked(self._wrap(make_items(m), compose(self.preprocessing_transforms())))
+        loader = DataLoader(checked, batch_size=64, num_workers=self.num_workers, collate_fn=list)
+        failures = [(i, reason) for batch in loader for i, reason in batch if reason]
+        readable = np.ones(len(m), dtype=bool)
+        readable[[i for i, _ in failures]] = False
+        if failures:
+            rows = [[m.paths[i], m.patient_ids[i], m.splits[i], r] for i, r in failures]
+            buf = io.StringIO()
+            csv.writer(buf).writerows([["path", "patient_id", "split", "reason"], *rows])
+            target = (self.report_dir or Path(".")) / "skipped.csv"
+            atomic_write_text(target, buf.getvalue(), overwrite=True)
+            log.warning(
+                "skipped %d unreadable file(s) of %d, listed with reasons in %s",
+                len(failures),
+                len(m),
+                target,
+            )
+        if len(failures) > self.max_skip_fraction * len(m):
+            raise RuntimeError(
+                f"{len(failures)} of {len(m)} files are unreadable, more than "
+                f"data.max_skip_fraction={self.max_skip_fraction}; first: {failures[0][1]} "
+                f"({m.paths[failures[0][0]]})"
+            )
+        return readable
 
     # -- datasets ------------------------------------------------------------------------------
     def preprocessing_transforms(self) -> list:
@@ -149,7 +227,10 @@ class RadiographDataModule(L.LightningDataModule):
         chain = self.preprocessing_transforms()
         if train and self.augment is not None:
             chain += augmentation(image_size=self.preprocess["image_size"], **self.augment)
-        transform = compose(chain)
+        return self._wrap(items, compose(chain))
+
+    def _wrap(self, items: list[dict[str, Any]], transform: Compose) -> Dataset:
+        """The dataset class of the configured cache (the disk cache is keyed by the settings)."""
         if self.cache == "disk":
             folder = self.cache_dir / preprocess_key(self.preprocess)
             return PersistentDataset(items, transform, cache_dir=folder)
