@@ -69,3 +69,12 @@ def test_manifest_without_classes_names_the_key(tmp_path):
     cfg = compose_config("train", tmp_path, ["data=manifest", "data.manifest=x.csv"])
     with pytest.raises(MissingMandatoryValue, match="classes"):
         instantiate(cfg.data)
+
+
+def test_finding_lists_match_the_adapters(tmp_path):
+    from chestxr.data.adapters.chexpert import CHEXPERT_FINDINGS
+    from chestxr.data.adapters.nih import NIH_FINDINGS
+
+    for data, findings in [("nih14", NIH_FINDINGS), ("chexpert", CHEXPERT_FINDINGS)]:
+        cfg = compose_config("train", tmp_path, [f"data={data}", "data.manifest=x.csv"])
+        assert list(cfg.data.classes) == list(findings)
