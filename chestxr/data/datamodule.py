@@ -14,9 +14,10 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from chestxr import keys
@@ -52,6 +53,51 @@ def make_items(manifest: Manifest, rows: np.ndarray | None = None) -> list[dict[
         }
         for i in rows
     ]
+
+
+class SeededSampler(Sampler):
+    """Shuffled (or weighted) indices, each paired with a seed for that sample's random transforms.
+
+    One generator, seeded from the global torch RNG when an epoch starts, draws both the order and
+    the seeds: augmentation follows ``seed_everything`` whatever the number of workers, and a
+    resumed run (which restores the global RNG) repeats it exactly.
+
+    Args:
+        n: dataset length.
+        weights: sampling weights (drawn with replacement); None for a plain shuffle.
+    """
+
+    def __init__(self, n: int, weights: np.ndarray | None = None) -> None:
+        self.n = n
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g)
+        yield from zip(order.tolist(), seeds.tolist(), strict=True)
+
+
+class _Seeded(TorchDataset):
+    """Takes ``(index, seed)`` keys from :class:`SeededSampler`; seeds the random transforms."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        self.dataset.transform.set_random_state(seed=seed)
+        return self.dataset[index]
 
 
 class _Checked(TorchDataset):
@@ -258,17 +304,22 @@ class RadiographDataModule(L.LightningDataModule):
         ds = self.datasets.get(split) or self.dataset(split)
         self.datasets[split] = ds
         sampler = None
-        if shuffle and self.sampler == "weighted":
-            t = np.nan_to_num(self.load().targets[self.rows(split)][:, 0])
-            w = np.where(t > 0.5, 0.5 / max(t.sum(), 1), 0.5 / max((1 - t).sum(), 1))
-            sampler = WeightedRandomSampler(w.tolist(), num_samples=len(w), replacement=True)
+        if shuffle:
+            weights = None
+            if self.sampler == "weighted":  # positives and negatives drawn equally often
+                t = np.nan_to_num(self.load().targets[self.rows(split)][:, 0])
+                weights = np.where(t > 0.5, 0.5 / max(t.sum(), 1), 0.5 / max((1 - t).sum(), 1))
+            sampler = SeededSampler(len(ds), weights)
+            ds = _Seeded(ds)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,
             sampler=sampler,
+            # evaluation loaders draw their worker seeds from their own generator, so creating
+            # them (sanity check, persistent workers) leaves the global RNG, and training, alone
+            generator=None if shuffle else torch.Generator(),
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0 and not shuffle,
             drop_last=shuffle and len(ds) > self.batch_size,
         )
 

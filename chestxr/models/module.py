@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,10 +17,17 @@ from torch import Tensor
 
 from chestxr import keys
 from chestxr.data.manifest import output_names
+from chestxr.models.finetuning import STRATEGIES, StagedUnfreezing, backbone_modules
 from chestxr.models.metrics import masked_auc
 from chestxr.models.resnet import build_resnet18
 
 log = logging.getLogger(__name__)
+
+
+def _plain_numpy_state() -> list[Any]:
+    """numpy's global random state as plain Python values (checkpoints load with weights_only)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return [name, key.tolist(), int(pos), int(has_gauss), float(gauss)]
 
 
 def _plain(value: Any) -> Any:
@@ -96,8 +104,21 @@ class ChestXRClassifier(L.LightningModule):
         # Decision thresholds chosen on validation after training; NaN until then.
         self.register_buffer("thresholds", torch.full((k,), float("nan")))
         self.register_buffer("pos_weight_", torch.ones(k))
-        self.finetune = {"strategy": "full", "backbone_lr_factor": 1.0, **(finetune or {})}
+        self.finetune = {
+            "strategy": "full",
+            "backbone_lr_factor": 1.0,
+            "unfreeze_epoch": 2,
+            **(finetune or {}),
+        }
+        if self.finetune["strategy"] not in STRATEGIES:
+            raise ValueError(
+                f"model.finetune.strategy must be one of {STRATEGIES}, "
+                f"got {self.finetune['strategy']!r}"
+            )
         self._init_weights(pretrained, init_checkpoint)
+        if self.finetune["strategy"] == "linear_probe":
+            for p in self.backbone_parameters():
+                p.requires_grad_(False)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._outputs: list[tuple[Tensor, Tensor]] = []
@@ -120,6 +141,38 @@ class ChestXRClassifier(L.LightningModule):
 
     def backbone_parameters(self) -> list[torch.nn.Parameter]:
         return [p for n, p in self.net.named_parameters() if not n.startswith("fc.")]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """A linear probe keeps its frozen backbone in eval mode (batch-norm statistics fixed)."""
+        if self.finetune["strategy"] == "linear_probe":
+            for m in backbone_modules(self.net):
+                m.eval()
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        if self.finetune["strategy"] == "staged":
+            return [
+                StagedUnfreezing(
+                    int(self.finetune["unfreeze_epoch"]),
+                    float(self.finetune.get("backbone_lr_factor", 1.0)),
+                )
+            ]
+        return []
+
+    # -- checkpoints: random states, for a resumed run that equals an uninterrupted one --------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _plain_numpy_state(),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states and self._trainer is not None:  # a Trainer resuming, not load_from_checkpoint
+            torch.set_rng_state(states["torch"])
+            name, key, pos, has_gauss, gauss = states["numpy"]
+            np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
+            random.setstate(states["python"])
 
     # -- forward and loss ----------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
