@@ -1,4 +1,4 @@
-"""Scale check: a 200,000-row manifest loads, validates and splits by patient (target < 10 s, < 1 GB).
+"""Scale: a 200,000-row manifest loads, validates and splits by patient (target < 10 s, < 1 GB).
 
 Run: ``python benchmarks/bench_manifest.py`` (writes ``benchmarks/results/manifest.json``).
 """

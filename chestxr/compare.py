@@ -15,9 +15,9 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from chestxr.evaluation._atomic import atomic_write_text
 from chestxr.evaluation.bootstrap import paired_auc_difference
 from chestxr.evaluation.outputs import read_predictions, to_jsonable
+from chestxr.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,9 @@ def compare(cfg: DictConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
-        out / "comparison.json", json.dumps(report, indent=2, allow_nan=False) + "\n", False
+        out / "comparison.json",
+        json.dumps(report, indent=2, allow_nan=False) + "\n",
+        overwrite=False,
     )
     log.info(
         "%s: AUC A %.4f, B %.4f, delta %+.4f (%d%% CI %s), bootstrap p = %.4g; DeLong p = %.4g",

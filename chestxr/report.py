@@ -25,8 +25,8 @@ from chestxr.data.datamodule import RadiographDataModule
 from chestxr.data.transforms import geometry
 from chestxr.explain.cam import compute_cams
 from chestxr.explain.faithfulness import deletion_curve, randomisation_check
-from chestxr.explain.html_report import ReportEntry, write_report_html
-from chestxr.explain.localisation import cam_box_iou, pointing_game
+from chestxr.explain.html_report import ReportEntry, overlay_key, write_report_html
+from chestxr.explain.localisation import boxes_to_input, cam_box_iou, pointing_game
 from chestxr.explain.overlay import cam_to_original, overlay_figure
 from chestxr.inference import load_model, predict_dataset
 from chestxr.io import read_radiograph
@@ -57,6 +57,13 @@ def parse_boxes(text: str, output: str, binary: bool) -> list[tuple[float, float
     ]
 
 
+def plt_imsave(path: Path, image: np.ndarray) -> None:
+    """Save a grey image in [0, 1] as PNG."""
+    from matplotlib.image import imsave
+
+    imsave(path, np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)
+
+
 def display_image(path: str, preprocess: dict[str, Any]) -> tuple[np.ndarray, tuple[int, int]]:
     """The windowed image reduced to at most DISPLAY_SIDE pixels, and its original shape."""
     img = read_radiograph(path, frame=preprocess.get("frame"), voi=preprocess.get("voi", "header"))
@@ -68,6 +75,17 @@ def display_image(path: str, preprocess: dict[str, Any]) -> tuple[np.ndarray, tu
     return img, (h, w)
 
 
+def _cam_for_display(
+    cam: np.ndarray,
+    orig_shape: tuple[int, int],
+    shown_shape: tuple[int, ...],
+    geo: dict[str, float],
+) -> np.ndarray:
+    """A CAM on the model input mapped onto the displayed (possibly reduced) original image."""
+    full = torch.from_numpy(cam_to_original(cam, orig_shape, geo))[None, None]
+    return F.interpolate(full, size=tuple(shown_shape), mode="area")[0, 0].numpy()
+
+
 def report_model(
     model: ChestXRClassifier,
     dm: RadiographDataModule,
@@ -76,84 +94,70 @@ def report_model(
     split: str = "test",
 ) -> dict[str, Any]:
     """Write the Grad-CAM report of a split into ``out_dir`` and return its CAM metrics."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "overlays").mkdir(exist_ok=True)
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     manifest = dm.load()
     ds = dm.dataset(split, train=False)
     n = len(ds) if cfg.get("max_scans") is None else min(len(ds), int(cfg["max_scans"]))
     ds = torch.utils.data.Subset(ds, range(n))
-    pred = predict_dataset(model, ds, batch_size=cfg.get("batch_size", 16))
+    bs = int(cfg.get("batch_size", 16))
+    pred = predict_dataset(model, ds, batch_size=bs)
     thresholds = model.thresholds.cpu().numpy()
-    thresholds = np.where(np.isnan(thresholds), 0.5, thresholds)
-    decisions = pred["prob"] >= thresholds
+    decisions = pred["prob"] >= np.where(np.isnan(thresholds), 0.5, thresholds)
     names = model.output_names
     binary = model.hparams.task == "binary"
     pre = dict(model.hparams.preprocess)
     methods = list(cfg.get("methods", ["gradcam"]))
     layer = cfg.get("target_layer", "net.layer4")
-    has_boxes = "boxes" in manifest.columns
-    hits: dict[str, dict[str, list[float]]] = {o: {m: [] for m in methods} for o in names}
-    ious: dict[str, dict[str, list[float]]] = {o: {m: [] for m in methods} for o in names}
+    device = next(model.parameters()).device
+    hits = {(o, m): [] for o in names for m in methods}
+    ious = {(o, m): [] for o in names for m in methods}
     entries: list[ReportEntry] = []
-    bs = int(cfg.get("batch_size", 16))
     for start in range(0, n, bs):
         batch = [ds[i] for i in range(start, min(start + bs, n))]
-        images = torch.stack([torch.as_tensor(b[keys.IMAGE]) for b in batch])
-        images = images.to(next(model.parameters()).device)
+        images = torch.stack([torch.as_tensor(b[keys.IMAGE]) for b in batch]).to(device)
         cams = {
             (k, m): compute_cams(model, images, output_index=k, method=m, target_layer=layer)
             for k in range(len(names))
             for m in methods
         }
         for j, b in enumerate(batch):
-            i = start + j
-            path, row = str(b[keys.PATH]), int(b[keys.INDEX])
+            i, path, row = start + j, str(b[keys.PATH]), int(b[keys.INDEX])
             sid = scan_id(path)
             shown, orig_shape = display_image(path, pre)
             geo = geometry(orig_shape, pre["image_size"], pre.get("resize", "pad"))
+            image_png = out_dir / "overlays" / f"{sid}.png"
+            plt_imsave(image_png, shown)
             overlays: dict[str, Path] = {}
             extra: dict[str, str] = {}
             for k, name in enumerate(names):
-                boxes = (
-                    parse_boxes(manifest.columns["boxes"][row], name, binary) if has_boxes else []
-                )
-                in_boxes = [
-                    (
-                        x0 * geo["scale_x"] + geo["pad_left"],
-                        y0 * geo["scale_y"] + geo["pad_top"],
-                        x1 * geo["scale_x"] + geo["pad_left"],
-                        y1 * geo["scale_y"] + geo["pad_top"],
-                    )
-                    for x0, y0, x1, y1 in boxes
-                ]
-                sd = shown.shape[0] / orig_shape[0]
-                shown_boxes = [tuple(v * sd for v in bx) for bx in boxes]
-                true_positive = pred["target"][i, k] == 1 and decisions[i, k]
+                cell = manifest.columns["boxes"][row] if "boxes" in manifest.columns else ""
+                boxes = parse_boxes(cell, name, binary)
+                in_boxes = boxes_to_input(boxes, geo)
+                scale = shown.shape[0] / orig_shape[0]
+                shown_boxes = [tuple(v * scale for v in bx) for bx in boxes]
+                scored = bool(in_boxes) and pred["target"][i, k] == 1 and decisions[i, k]
                 for m in methods:
                     cam = cams[(k, m)][j]
-                    if in_boxes and true_positive:
-                        hits[name][m].append(float(pointing_game(cam, in_boxes)))
-                        ious[name][m].append(float(cam_box_iou(cam, in_boxes)))
-                    label = f"{name} {m}"
-                    png = out_dir / "overlays" / f"{sid}_{name}_{m}.png".replace(" ", "_")
-                    title = (
-                        f"{name}: p={pred['prob'][i, k]:.2f} "
-                        f"({'positive' if decisions[i, k] else 'negative'}) - {m}"
-                    )
+                    if scored:
+                        hits[(name, m)].append(float(pointing_game(cam, in_boxes)))
+                        ious[(name, m)].append(float(cam_box_iou(cam, in_boxes)))
+                        extra[f"{name} {m} pointing game"] = (
+                            "hit" if hits[(name, m)][-1] else "miss"
+                        )
+                    key = m if len(names) == 1 else overlay_key(name, m)
+                    png = out_dir / "overlays" / f"{sid}_{k}_{m}.png"
                     overlay_figure(
                         shown,
-                        cam_to_original(cam, shown.shape, geo),
+                        _cam_for_display(cam, orig_shape, shown.shape, geo),
                         png,
-                        title=title,
+                        title=f"{name} p={pred['prob'][i, k]:.2f} - {m}",
                         boxes=shown_boxes or None,
                     )
-                    overlays[label] = png
-                    if in_boxes and true_positive:
-                        extra[f"pointing game {label}"] = "hit" if hits[name][m][-1] else "miss"
+                    overlays[key] = png
             entries.append(
                 ReportEntry(
                     scan_id=sid,
-                    image_png=overlays[next(iter(overlays))],
+                    image_png=image_png,
                     overlays=overlays,
                     probabilities={o: float(pred["prob"][i, k]) for k, o in enumerate(names)},
                     decisions={o: bool(decisions[i, k]) for k, o in enumerate(names)},
@@ -164,40 +168,26 @@ def report_model(
                     extra=extra,
                 )
             )
-
-    cam_metrics: dict[str, Any] = {"schema": "chestxr.cam_metrics/1", "n_scans": n, "outputs": {}}
-    n_faith = min(int(cfg.get("faithfulness_scans", 16)), n)
-    for k, name in enumerate(names):
-        per: dict[str, Any] = {}
-        positives = [i for i in range(n) if pred["target"][i, k] == 1][:n_faith] or list(
-            range(n_faith)
+    cam_metrics = {
+        "schema": "chestxr.cam_metrics/1",
+        "n_scans": n,
+        "target_layer": layer,
+        "outputs": {
+            o: faithfulness(model, ds, pred, k, methods, layer, cfg) for k, o in enumerate(names)
+        },
+    }
+    for (o, m), h in hits.items():
+        cam_metrics["outputs"][o][m].update(
+            pointing_game=float(np.mean(h)) if h else None,
+            pointing_game_n=len(h),
+            iou=float(np.mean(ious[(o, m)])) if h else None,
         )
-        sample = (
-            torch.stack([torch.as_tensor(ds[i][keys.IMAGE]) for i in positives])
-            if positives
-            else None
-        )
-        for m in methods:
-            entry: dict[str, Any] = {
-                "pointing_game": float(np.mean(hits[name][m])) if hits[name][m] else None,
-                "pointing_game_n": len(hits[name][m]),
-                "iou": float(np.mean(ious[name][m])) if ious[name][m] else None,
-            }
-            if sample is not None:
-                rand = randomisation_check(
-                    model, sample, output_index=k, method=m, target_layer=layer
-                )
-                cams_s = compute_cams(model, sample, output_index=k, method=m, target_layer=layer)
-                dele = deletion_curve(model, sample, cams_s, output_index=k)
-                entry["randomisation_spearman"] = rand.get("mean")
-                entry["deletion"] = {key: v for key, v in dele.items() if not isinstance(v, list)}
-            per[m] = entry
-        cam_metrics["outputs"][name] = per
     atomic_write_json(out_dir / "cam_metrics.json", cam_metrics)
     summary = {
-        f"{o} {m} pointing game": v["pointing_game"]
+        f"{o} {m} {key}": v.get(key)
         for o, per in cam_metrics["outputs"].items()
         for m, v in per.items()
+        for key in ("pointing_game", "randomisation_spearman")
     }
     write_report_html(
         out_dir / "report.html",
@@ -208,6 +198,36 @@ def report_model(
     )
     log.info("report: %s (%d scans); CAM metrics: %s", out_dir / "report.html", n, summary)
     return cam_metrics
+
+
+def faithfulness(
+    model: ChestXRClassifier,
+    ds: torch.utils.data.Dataset,
+    pred: dict[str, Any],
+    k: int,
+    methods: list[str],
+    layer: str,
+    cfg: DictConfig | dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Randomisation check and deletion curves of each CAM method on a few positive scans."""
+    n_faith = int(cfg.get("faithfulness_scans", 16))
+    chosen = [i for i in range(len(ds)) if pred["target"][i, k] == 1][:n_faith]
+    out: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    if not chosen:
+        return out
+    device = next(model.parameters()).device
+    images = torch.stack([torch.as_tensor(ds[i][keys.IMAGE]) for i in chosen]).to(device)
+    for m in methods:
+        rand = randomisation_check(model, images, output_index=k, method=m, target_layer=layer)
+        cams = compute_cams(model, images, output_index=k, method=m, target_layer=layer)
+        dele = deletion_curve(model, images, cams, output_index=k)
+        out[m] = {
+            "faithfulness_n": len(chosen),
+            "randomisation_spearman": rand["spearman_mean"],
+            "deletion_auc": dele["mean_auc"],
+            "deletion_auc_random": dele["random_mean_auc"],
+        }
+    return out
 
 
 def report(cfg: DictConfig) -> dict[str, Any]:

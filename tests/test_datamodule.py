@@ -56,7 +56,7 @@ def test_batches_are_square_tensors_with_targets(tmp_path):
     assert batch[keys.IMAGE].shape == (4, 1, 32, 32) and batch[keys.IMAGE].dtype == torch.float32
     assert batch[keys.TARGET].shape == (4, 1)
     assert torch.isfinite(batch[keys.IMAGE]).all()
-    assert -0.3 <= float(batch[keys.IMAGE].min()) and float(batch[keys.IMAGE].max()) <= 1.5
+    assert float(batch[keys.IMAGE].min()) >= -0.3 and float(batch[keys.IMAGE].max()) <= 1.5
 
 
 def test_disk_cache_decodes_once_and_is_keyed_by_settings(tmp_path, monkeypatch):

@@ -1,9 +1,10 @@
 """The manifest CSV, chestxr's one input format, read into column arrays.
 
-A manifest has one row per image and the columns ``path`` (relative to the CSV's folder, or absolute),
-``label``, ``patient_id``, optionally ``split`` (``train``/``val``/``test``; blank rows are split by
-patient) and ``boxes`` (JSON list of ``{"x", "y", "width", "height", "label"}`` in original pixel
-coordinates), plus any metadata columns (view, sex, modality...) used for subgroup analysis.
+A manifest has one row per image and the columns ``path`` (relative to the CSV's folder, or
+absolute), ``label``, ``patient_id``, optionally ``split`` (``train``/``val``/``test``; blank
+rows are split by patient) and ``boxes`` (JSON list of ``{"x", "y", "width", "height",
+"label"}`` in original pixel coordinates), plus any metadata columns (view, sex, modality...)
+used for subgroup analysis.
 
 Every task is a set of sigmoid outputs:
 
@@ -193,7 +194,8 @@ def load_manifest(
         task: ``binary`` or ``multilabel``.
         classes: ``[NEGATIVE, POSITIVE]`` for binary; the findings for multilabel.
         no_finding: ``label`` tokens meaning "none of the findings" (multilabel).
-        uncertain: policy for ``-1`` in per-finding columns: ``ignore`` (masked), ``zeros``, ``ones``.
+        uncertain: policy for ``-1`` in per-finding columns: ``ignore`` (masked), ``zeros``,
+            ``ones``.
         check_files: verify that every image file exists.
 
     Returns:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 FINDINGS = ("opacity", "effusion", "cardiomegaly", "nodule")
 NO_FINDING = "normal"
-GENERATOR_VERSION = "1"  # bump whenever the output of a given seed changes
+GENERATOR_VERSION = "2"  # bump whenever the output of a given seed changes
 MANIFEST_NAME = "manifest.csv"
 PARAMS_NAME = "synthetic.json"
 MANUFACTURER = "chestxr-synthetic"
@@ -436,7 +436,7 @@ def render_phantom(
     if "opacity" in findings:
         for _ in range(int(rng.integers(1, 4))):
             side = -1 if rng.uniform() < 0.5 else 1
-            radius = rng.uniform(0.06, 0.12) * cols / s
+            radius = rng.uniform(0.09, 0.14) * cols / s
             cx, cy = _draw_center(rng, geom, pose, half_extent, radius, side, (-0.6, 0.6))
             lobes = rng.normal(0.0, 0.3 * radius, size=(int(rng.integers(3, 6)), 2))
             sigmas = rng.uniform(0.55, 0.85, size=len(lobes)) * radius

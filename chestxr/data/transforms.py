@@ -123,7 +123,7 @@ def geometry(orig_shape: Sequence[int], image_size: int, resize: str = "pad") ->
             "size": image_size,
         }
     s = image_size / max(h, w)
-    nh, nw = int(round(h * s)), int(round(w * s))
+    nh, nw = round(h * s), round(w * s)
     return {
         "scale_y": nh / h,
         "scale_x": nw / w,

@@ -48,7 +48,6 @@ from pathlib import Path
 import numpy as np
 
 from chestxr.evaluation._arrays import as_2d, none_if_nan
-from chestxr.evaluation._atomic import atomic_write, atomic_write_text
 from chestxr.evaluation._report import render_summary
 from chestxr.evaluation.bootstrap import (
     cluster_bootstrap,
@@ -65,6 +64,7 @@ from chestxr.evaluation.metrics import (
 )
 from chestxr.evaluation.operating_point import choose_threshold
 from chestxr.evaluation.plots import plot_confusion_matrix, plot_pr, plot_reliability, plot_roc
+from chestxr.utils.files import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ def _write_predictions_csv(
                 row += [_cell(col[i]) for col in extra_columns.values()]
                 writer.writerow(row)
 
-    atomic_write(path, write)
+    atomic_write(path, write, overwrite=True)
 
 
 def write_evaluation(
@@ -506,7 +506,7 @@ def write_evaluation(
                 title=f"Confusion matrix: {name} (t = {thr[name]:.3g})",
             )
         )
-    atomic_write_text(out / "summary.html", render_summary(metrics, images, title))
+    atomic_write_text(out / "summary.html", render_summary(metrics, images, title), overwrite=True)
     text = json.dumps(metrics, indent=2, allow_nan=False)
     atomic_write_text(metrics_path, text + "\n", overwrite=False)
     log.info("wrote evaluation of %d scans, %d outputs to %s", n, k, out)

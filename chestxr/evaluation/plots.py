@@ -20,15 +20,15 @@ from sklearn.metrics import (
 )
 
 from chestxr.evaluation._arrays import as_label_prob
-from chestxr.evaluation._atomic import atomic_write
 from chestxr.evaluation.calibration import reliability_curve
+from chestxr.utils.files import atomic_write
 
 Curve = tuple[str, Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]
 _DPI = 110
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI), overwrite=True)
 
 
 def _both_classes(labels: np.ndarray) -> bool:

@@ -173,8 +173,12 @@ def compute_cams(
 
     hooks = _RemovableHooks(model, target_layer)
     cam_cls = GradCAM if method == "gradcam" else GradCAMpp
-    cam = cam_cls(nn_module=hooks, target_layers=target_layer, postprocessing=_normalise,
-                  upsampler=stride_aligned_upsampler)
+    cam = cam_cls(
+        nn_module=hooks,
+        target_layers=target_layer,
+        postprocessing=_normalise,
+        upsampler=stride_aligned_upsampler,
+    )
     try:
         with torch.inference_mode(False), torch.enable_grad(), _frozen_eval(model):
             # A clone made outside inference mode is a normal tensor that autograd can record.

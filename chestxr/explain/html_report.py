@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chestxr.explain._files import atomic_write_bytes
+from chestxr.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +306,6 @@ def write_report_html(
         f"<section id='cards'><h2>Scans</h2>{cards}</section>"
         f"<script>{_JS}</script></body></html>"
     )
-    out = atomic_write_bytes(path, page.encode("utf-8"))
+    out = atomic_write_bytes(path, page.encode("utf-8"), overwrite=True)
     log.info("wrote report %s (%d scans, %d findings)", out, len(entries), len(names))
     return out

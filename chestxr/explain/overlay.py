@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from chestxr.explain._files import atomic_write_bytes
+from chestxr.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,6 @@ def overlay_figure(
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label="CAM")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight", metadata={"Software": None})
-    out = atomic_write_bytes(path, buffer.getvalue())
+    out = atomic_write_bytes(path, buffer.getvalue(), overwrite=True)
     log.debug("wrote overlay %s", out)
     return out

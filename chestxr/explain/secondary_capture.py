@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
-from chestxr.explain._files import atomic_write_bytes
+from chestxr.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,6 @@ def write_secondary_capture(
 
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    out = atomic_write_bytes(out_path, buffer.getvalue())
+    out = atomic_write_bytes(out_path, buffer.getvalue(), overwrite=True)
     log.info("wrote secondary capture %s (%dx%d)", out, rows, cols)
     return out

@@ -57,7 +57,8 @@ class ChestXRClassifier(L.LightningModule):
             torchvision's ``resnet18-f37072fd.pth``.
         init_checkpoint: a chestxr checkpoint whose backbone starts this run (head replaced when
             the outputs differ).
-        pos_weight: None, ``auto`` (negatives/positives of the training split) or one value per output.
+        pos_weight: None, ``auto`` (negatives/positives of the training split) or one value
+            per output.
         finetune: ``strategy`` (``full``, ``linear_probe``, ``staged``), ``backbone_lr_factor``,
             ``unfreeze_epoch`` (staged).
         operating_point: ``rule`` (``youden``, ``sensitivity``, ``specificity``, ``fixed``) and

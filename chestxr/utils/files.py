@@ -4,34 +4,53 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 RUN_MARKERS = ("checkpoints", "metrics.json", "evaluation", "report", "predictions.csv")
 
 
-def atomic_write_bytes(
-    path: str | os.PathLike[str], data: bytes, *, overwrite: bool = False
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[Path], None], *, overwrite: bool = False
 ) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename.
+    """Call ``write(tmp_path)``, then move the result to ``path`` in one step.
+
+    Readers never see half a file; with ``overwrite=False`` a hard link (which cannot replace a
+    file) makes sure two writers cannot both succeed.
+
+    Args:
+        path: the final file; its parent folders are created.
+        write: writes the whole content to the temporary path it is given.
+        overwrite: replace an existing ``path``.
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # A fresh unique name (not mkstemp, whose 0600 mode would ignore the umask).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(f"{path} already exists; refusing to overwrite it") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, overwrite: bool = False
+) -> Path:
+    """Write ``data`` to ``path`` atomically; see :func:`atomic_write`."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = False) -> Path:
