@@ -5,17 +5,20 @@ A thin Hydra wrapper around :func:`train`; every choice lives in ``conf/``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from chestxr import __version__
 from chestxr.utils.files import ensure_fresh_run_dir
 from chestxr.utils.hardware import resolve_precision
 
@@ -27,6 +30,35 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     if not cfg:
         return []
     return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule: Any) -> dict[str, Any]:
+    """What a model card says about the run: data, validation score, config hash, version."""
+    m = datamodule.load()
+    data = {"manifest": str(m.source), "outputs": m.output_names, "splits": {}}
+    for split in ("train", "val", "test"):
+        rows = datamodule.rows(split)
+        t = m.targets[rows]
+        data["splits"][split] = {
+            "scans": len(rows),
+            "patients": len(set(m.patient_ids[rows].tolist())),
+            "positives": dict(
+                zip(m.output_names, np.nansum(t, axis=0).astype(int).tolist(), strict=True)
+            ),
+        }
+    score = trainer.checkpoint_callback.best_model_score
+    text = OmegaConf.to_yaml(
+        {k: v for k, v in cfg.items() if k not in ("paths", "hydra")}, resolve=True
+    )
+    return {
+        "chestxr_version": __version__,
+        "data": data,
+        "validation": {
+            "monitor": trainer.checkpoint_callback.monitor,
+            "best": None if score is None else float(score),
+        },
+        "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+    }
 
 
 @rank_zero_only
@@ -43,6 +75,7 @@ def finish(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, out_dir: Path) 
     final = out_dir / "checkpoints" / "model.ckpt"
     ckpt = torch.load(best, map_location="cpu", weights_only=False)
     ckpt["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
+    ckpt["chestxr"] = run_summary(cfg, trainer, datamodule)
     torch.save(ckpt, final)
     log.info("final model (best on validation, with its operating point): %s", final)
     metrics = evaluate_model(model, datamodule, out_dir / "evaluation", cfg.evaluation)

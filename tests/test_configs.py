@@ -78,3 +78,13 @@ def test_finding_lists_match_the_adapters(tmp_path):
     for data, findings in [("nih14", NIH_FINDINGS), ("chexpert", CHEXPERT_FINDINGS)]:
         cfg = compose_config("train", tmp_path, [f"data={data}", "data.manifest=x.csv"])
         assert list(cfg.data.classes) == list(findings)
+
+
+def test_imagenet_model_config_carries_the_grey_normalisation(tmp_path):
+    from chestxr.models.pretrained import grey_normalisation
+
+    cfg = compose_config("train", tmp_path, ["model=resnet18_imagenet"])
+    mean, std = grey_normalisation()
+    assert cfg.model.normalization.mean == pytest.approx(mean, abs=1e-4)
+    assert cfg.model.normalization.std == pytest.approx(std, abs=1e-4)
+    assert cfg.model.pretrained == "imagenet"

@@ -25,6 +25,7 @@ RUN_OVERRIDES = [
     "trainer.max_epochs=8",
     "trainer.enable_progress_bar=false",
     "report.methods=[gradcam]",
+    "evaluation.subgroups=[modality,photometric]",
 ]
 
 
@@ -71,6 +72,17 @@ def test_metrics_json_agrees_with_sklearn(trained):
     assert metrics["metrics"]["sensitivity"] == pytest.approx(tp / (y == 1).sum())
     for name in ("roc.png", "confusion_matrix.png", "summary.html"):
         assert (ev / name).stat().st_size > 0
+
+
+def test_subgroups_by_generated_columns_appear_in_the_summary(trained):
+    ev = trained["run"] / "evaluation"
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert set(metrics["subgroups"]["modality"]) == {"CR", "DX"}
+    assert set(metrics["subgroups"]["photometric"]) == {"MONOCHROME1", "MONOCHROME2"}
+    html = (ev / "summary.html").read_text()
+    assert "modality" in html and "MONOCHROME1" in html
+    rows = read_csv(ev / "predictions.csv")
+    assert {r["modality"] for r in rows} == {"CR", "DX"}
 
 
 def test_test_threshold_is_the_validation_one(trained):
@@ -158,3 +170,39 @@ def test_checkpoint_keeps_what_inference_needs(trained):
     ckpt = torch.load(trained["run"] / "checkpoints" / "model.ckpt", weights_only=True)
     hp = ckpt["hyper_parameters"]
     assert hp["classes"] == ["normal", "opacity"] and hp["preprocess"]["image_size"] == 64
+
+
+def test_export_matches_the_checkpoint_and_writes_a_card(trained):
+    from chestxr.export import export
+    from chestxr.inference import load_model
+
+    ckpt = trained["run"] / "checkpoints" / "model.ckpt"
+    formats = ["torchscript"]
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError:
+        onnxruntime = None
+    else:
+        formats.append("onnx")
+    cfg = compose_config(
+        "export", trained["tmp"] / "export", [f"ckpt_path={ckpt}", f"formats=[{','.join(formats)}]"]
+    )
+    card = export(cfg)
+    out = trained["run"].parent / "export" / "run"
+    model = load_model(ckpt, device=torch.device("cpu"))
+    x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x).numpy()
+        scripted = torch.jit.load(str(out / "model.pt"))(x).numpy()
+    assert np.abs(scripted - expected).max() < 1e-4
+    if onnxruntime is not None:
+        session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert np.abs(got - expected).max() < 1e-4
+    on_disk = json.loads((out / "model_card.json").read_text())
+    assert on_disk["outputs"] == ["opacity"] and on_disk["input"]["shape"] == [1, 64, 64]
+    assert on_disk["decision_thresholds"]["opacity"] == pytest.approx(float(model.thresholds[0]))
+    assert on_disk["training"]["data"]["splits"]["train"]["scans"] > 0
+    assert on_disk["training"]["config_hash"] and on_disk["training"]["validation"]["best"] > 0.5
+    assert set(on_disk["files"]) == set(formats) == set(card["files"])
