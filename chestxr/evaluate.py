@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from chestxr.data.datamodule import RadiographDataModule
+from chestxr.evaluation.calibration import apply_temperature, fit_temperature, logit
 from chestxr.evaluation.operating_point import choose_threshold
 from chestxr.evaluation.outputs import write_evaluation
 from chestxr.inference import load_model, predict_dataset
@@ -63,40 +64,52 @@ def evaluate_model(
     cfg: DictConfig | dict[str, Any],
     split: str = "test",
 ) -> dict[str, Any]:
-    """Predict a split and write predictions, metrics, plots and a summary into ``out_dir``."""
+    """Predict a split and write predictions, metrics, plots and a summary into ``out_dir``.
+
+    The decision thresholds are the model's (chosen on validation after training) or, for a
+    checkpoint without them, chosen on validation now; with ``temperature_scaling`` a temperature
+    fitted on the validation logits calibrates the probabilities (thresholds mapped with them,
+    so decisions are unchanged). Nothing is ever tuned on the evaluated split.
+    """
+    batch_size = cfg.get("batch_size", 64)
     thresholds = model.thresholds.cpu().numpy()
     if np.isnan(thresholds).any():
-        thresholds = fit_thresholds(model, dm, cfg.get("batch_size", 64))
-    res = predict_dataset(
-        model, dm.dataset(split, train=False), batch_size=cfg.get("batch_size", 64)
-    )
+        thresholds = fit_thresholds(model, dm, batch_size)
+    rule = {**dict(model.hparams.operating_point or {}), "chosen_on": "validation"}
+    res = predict_dataset(model, dm.dataset(split, train=False), batch_size=batch_size)
+    prob = res["prob"]
+    if cfg.get("temperature_scaling"):
+        val = predict_dataset(model, dm.dataset("val", train=False), batch_size=batch_size)
+        temperature = fit_temperature(val["logit"], val["target"])
+        prob = apply_temperature(res["logit"], temperature)
+        thresholds = apply_temperature(logit(np.clip(thresholds, 1e-7, 1 - 1e-7)), temperature)
+        rule["temperature"] = float(temperature)
+        log.info("temperature scaling: T = %.3f (fitted on validation)", temperature)
     manifest = dm.load()
-    extra = {
-        c: manifest.columns[c][res["index"]]
-        for c in cfg.get("subgroups", [])
-        if c in manifest.columns
-    }
-    missing = [c for c in cfg.get("subgroups", []) if c not in manifest.columns]
+    wanted = list(cfg.get("subgroups", []))
+    missing = [c for c in wanted if c not in manifest.columns]
     if missing:
         raise KeyError(
-            f"evaluation.subgroups names column(s) {missing} absent from "
-            f"{manifest.source}; its columns are {sorted(manifest.columns)}"
+            f"evaluation.subgroups names column(s) {missing} absent from {manifest.source}; "
+            f"its columns are {sorted(manifest.columns)}"
         )
+    extra = {c: manifest.columns[c][res["index"]] for c in wanted}
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = write_evaluation(
         out_dir,
         y_true=res["target"],
-        y_prob=res["prob"],
+        y_prob=prob,
         names=model.output_names,
-        thresholds=thresholds,
+        thresholds=np.asarray(thresholds, dtype=np.float64),
         patient_ids=res["patient_id"],
         paths=res["path"],
         extra_columns=extra,
-        subgroups=list(extra),
+        subgroups=wanted,
         n_bootstrap=cfg.get("n_bootstrap", 1000),
         seed=cfg.get("seed", 0),
-        threshold_rule=dict(model.hparams.operating_point or {}),
+        threshold_rule=rule,
         class_names=list(model.hparams.classes),
+        min_group_size=cfg.get("min_group_size", 30),
     )
     for name, m in metrics["outputs"].items():
         log.info(

@@ -206,3 +206,20 @@ def test_export_matches_the_checkpoint_and_writes_a_card(trained):
     assert on_disk["training"]["data"]["splits"]["train"]["scans"] > 0
     assert on_disk["training"]["config_hash"] and on_disk["training"]["validation"]["best"] > 0.5
     assert set(on_disk["files"]) == set(formats) == set(card["files"])
+
+
+def test_temperature_scaling_keeps_ranking_and_decisions(trained):
+    ckpt = trained["run"] / "checkpoints" / "model.ckpt"
+    common = [o for o in RUN_OVERRIDES if o.startswith("data.")] + [f"ckpt_path={ckpt}"]
+    cfg = compose_config(
+        "evaluate",
+        trained["tmp"] / "ts",
+        [*common, "evaluation.n_bootstrap=50", "evaluation.temperature_scaling=true"],
+    )
+    scaled = evaluate(cfg)["outputs"]["opacity"]
+    plain = json.loads((trained["run"] / "evaluation" / "metrics.json").read_text())
+    plain = plain["outputs"]["opacity"]
+    assert scaled["threshold_rule"]["temperature"] > 0
+    assert scaled["metrics"]["roc_auc"] == pytest.approx(plain["metrics"]["roc_auc"])
+    assert scaled["metrics"]["confusion_matrix"] == plain["metrics"]["confusion_matrix"]
+    assert scaled["metrics"]["brier"] != pytest.approx(plain["metrics"]["brier"])
