@@ -1,0 +1,637 @@
+"""Speed and memory measurements of chestxr: a script run by hand, not a test.
+
+Every figure is measured against its baseline in the same run (the machine is shared and noisy:
+read the ratios), warm-up excluded, median over repeats. Sections:
+
+1. training step: a bare PyTorch loop in four precisions / memory formats, then chestxr's Lightning
+   path (disk cache, workers, augmentation) over the bare loop with the same settings;
+2. data pipeline per worker: DICOM decode, a naive MONAI chain, chestxr's first (caching) pass,
+   its cached pass, and the cached pass with the training augmentation;
+3. inference: ``predict_dataset`` with and without Grad-CAM over a bare forward, each in a fresh
+   process for its peak resident memory;
+4. manifest scale: ``bench_manifest.main`` (200,000 rows) in a fresh process.
+
+Run: ``python benchmarks/run.py`` (< 15 min on 2 cores) or ``--quick`` (tiny sizes, < 2 min).
+Writes ``benchmarks/results/benchmarks.json`` (``benchmarks_quick.json`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pydicom
+import torch
+import torch.nn.functional as F
+from monai.data import Dataset, PersistentDataset
+from monai.transforms import Compose, LoadImage, Resize, ScaleIntensity
+from omegaconf import OmegaConf
+
+from chestxr import keys
+from chestxr.data.datamodule import RadiographDataModule, make_items
+from chestxr.data.manifest import load_manifest
+from chestxr.data.synthetic import ensure_synthetic
+from chestxr.data.transforms import augmentation, compose, preprocessing
+from chestxr.explain.cam import compute_cams
+from chestxr.inference import predict_dataset
+from chestxr.models.module import ChestXRClassifier
+from chestxr.models.resnet import build_resnet18
+from chestxr.utils.hardware import autocast, best_precision, cpu_supports_bf16
+
+log = logging.getLogger("benchmarks")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+THREADS = 2
+CLASSES = ["normal", "opacity"]
+OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+VARIANTS = {  # name: (Lightning precision, channels_last)
+    "fp32": ("32-true", False),
+    "fp32 + channels_last": ("32-true", True),
+    "bf16 autocast": ("bf16-mixed", False),
+    "bf16 + channels_last": ("bf16-mixed", True),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each measurement is (the full run, or ``--quick`` for smoke tests)."""
+
+    px: int = 224  # network input side
+    batch: int = 32
+    steps: int = 3  # timed training steps per variant (after one warm-up step)
+    slow_batch: int = 4  # batch and steps for bf16 where the CPU emulates it
+    slow_steps: int = 2
+    fit_batches: int = 5  # Lightning batches; the first is warm-up
+    n_dicoms: int = 40  # large DICOMs of sections 2 and 3
+    dicom_size: tuple[int, int] = (1536, 2048)
+    repeats: int = 3  # passes over the DICOMs (median)
+    manifest_rows: int = 200_000
+
+
+QUICK = Sizes(
+    px=32,
+    batch=4,
+    steps=1,
+    slow_batch=2,
+    slow_steps=1,
+    fit_batches=2,
+    n_dicoms=4,
+    dicom_size=(256, 320),
+    repeats=1,
+    manifest_rows=20_000,
+)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def measure(
+    ways: dict[str, Callable[[], Any]],
+    repeats: int | dict[str, int],
+    warmups: dict[str, Callable[[], Any]] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per timed call of each way, after one untimed warm-up call of each.
+
+    The ways take turns (round robin), so a change in the machine's load hits them all alike and
+    their ratios stay fair.
+
+    Args:
+        ways: name -> the work to time.
+        repeats: timed calls of each way (or name -> count).
+        warmups: name -> the untimed first call (default: the way itself); a small piece of the
+            same work saves time where the whole is long.
+    """
+    counts = repeats if isinstance(repeats, dict) else dict.fromkeys(ways, repeats)
+    for name, fn in ways.items():
+        (warmups or {}).get(name, fn)()
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for turn in range(max(counts.values())):
+        for name, fn in ways.items():
+            if turn < counts[name]:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def rate(items: int, times: list[float]) -> float:
+    """Items per second from the median of the timings."""
+    return float(items / statistics.median(times))
+
+
+def over(items: list[Any], work: Callable[[Any], Any]) -> Callable[[int], None]:
+    """A function doing ``work`` on the first ``k`` items (``k`` small for the warm-up)."""
+
+    def run(k: int) -> None:
+        for item in items[:k]:
+            work(item)
+
+    return run
+
+
+def peak_rss_mb() -> dict[str, float]:
+    """Peak resident memory of this process so far, in MB, read two ways.
+
+    ``ru_maxrss`` (``getrusage``) survives ``fork`` and ``exec``: a child of a big process starts
+    at its parent's size, so :func:`in_subprocess` starts children through a shell that forks.
+    ``VmHWM`` (``/proc/self/status``) belongs to the current address space only: the cross-check.
+    """
+    hwm = float("nan")
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) / 1024
+    return {
+        "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "vmhwm": hwm,
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_bf16": cpu_supports_bf16(),
+        "python": platform.python_version(),
+    }
+
+
+def synthetic_set(folder: str, n: int, size_range: tuple[int, int]) -> Path:
+    """A synthetic DICOM set under ``results/folder``, generated once and reused."""
+    return ensure_synthetic(RESULTS / folder, n_images=n, size_range=size_range, seed=0)
+
+
+def big_dicoms(sizes: Sizes) -> Path:
+    """The large DICOMs of sections 2 and 3 (``results/dicom_cache``)."""
+    return synthetic_set("dicom_cache", sizes.n_dicoms, sizes.dicom_size)
+
+
+def data_defaults(sizes: Sizes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """chestxr's default preprocessing and augmentation (``conf/data/base.yaml``), at ``px``."""
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/data/base.yaml"))
+    return {**cfg["preprocess"], "image_size": sizes.px}, cfg["augment"]
+
+
+def classifier(preprocess: dict[str, Any]) -> ChestXRClassifier:
+    """chestxr's model with its defaults (channels_last), random weights."""
+    return ChestXRClassifier(
+        task="binary", classes=CLASSES, preprocess=preprocess, optimizer=OPTIMIZER
+    )
+
+
+# -- 1. training step -----------------------------------------------------------------------------
+def bare_step(precision: str, channels_last: bool, batch: int, px: int) -> Callable[[], None]:
+    """One AdamW step of a fresh ResNet-18 on a fixed in-memory batch, BCE with logits."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    net = build_resnet18(1).to(memory_format=fmt).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    x = torch.rand(batch, 1, px, px).contiguous(memory_format=fmt)
+    y = (torch.rand(batch, 1) > 0.5).float()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast(torch.device("cpu"), precision):
+            loss = F.binary_cross_entropy_with_logits(net(x).float(), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def train_bare(sizes: Sizes) -> dict[str, Any]:
+    """Images/s of a bare PyTorch training step in each precision and memory format."""
+    steps, batches, emulated = {}, {}, {}
+    for name, (precision, channels_last) in VARIANTS.items():
+        emulated[name] = precision.startswith("bf16") and not cpu_supports_bf16()
+        batches[name] = sizes.slow_batch if emulated[name] else sizes.batch
+        steps[name] = bare_step(precision, channels_last, batches[name], sizes.px)
+    counts = {n: sizes.slow_steps if emulated[n] else sizes.steps for n in VARIANTS}
+    times = measure(steps, counts)
+    out = {
+        name: {
+            "images_per_s": rate(batches[name], times[name]),
+            "batch": batches[name],
+            "steps": counts[name],
+            "emulated_bf16": emulated[name],
+        }
+        for name in VARIANTS
+    }
+    # chestxr's model is channels_last by default; the precision comes from best_precision
+    picked = next(n for n, v in VARIANTS.items() if v == (best_precision("cpu"), True))
+    fastest = max(out, key=lambda n: out[n]["images_per_s"])
+    log.info("1a: %s", {n: round(v["images_per_s"], 2) for n, v in out.items()})
+    return {"variants": out, "picked": picked, "fastest": fastest}
+
+
+class StepTimer(L.Callback):
+    """Time stamps at the end of each training batch (intervals include loading the next one)."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.ends.append(time.perf_counter())
+
+
+def fit_speed(sizes: Sizes, dm: RadiographDataModule, work: Path) -> float:
+    """Images/s of ``Trainer.fit`` over ``sizes.fit_batches`` batches, the first one excluded."""
+    timer = StepTimer()
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=sizes.fit_batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+        precision=best_precision("cpu"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+        default_root_dir=work,
+    )
+    torch.manual_seed(0)
+    trainer.fit(classifier(dm.preprocess), datamodule=dm)
+    return rate(sizes.batch, list(np.diff(timer.ends)))  # intervals cover steps 2..N
+
+
+def train_lightning(sizes: Sizes, work: Path) -> dict[str, Any]:
+    """Images/s of chestxr's Lightning fit (disk cache filled first, 2 workers, augmentation).
+
+    The bare loop with the same settings is timed just before and just after, as the baseline; a
+    second fit without augmentation tells the workers' share of the CPU from Lightning's.
+    """
+    n = sizes.batch * sizes.fit_batches
+    manifest = synthetic_set("synthetic", int(n * 1.15) + 8, (256, 320))
+    preprocess, augment = data_defaults(sizes)
+    modules = {
+        name: RadiographDataModule(
+            manifest,
+            task="binary",
+            classes=CLASSES,
+            preprocess=preprocess,
+            augment=aug,
+            split={"val_fraction": 0.1, "test_fraction": 0.0, "seed": 0},
+            batch_size=sizes.batch,
+            num_workers=2,
+            cache="disk",
+            cache_dir=RESULTS / "preprocessed",
+            report_dir=work,
+        )
+        for name, aug in (("augmented", augment), ("no_augmentation", None))
+    }
+    dm = modules["augmented"]
+    for split in ("train", "val"):  # fill the disk cache (untimed)
+        ds = dm.dataset(split, train=False)
+        for i in range(len(ds)):
+            ds[i]
+    precision = best_precision("cpu")
+    bare = {"bare": bare_step(precision, True, sizes.batch, sizes.px)}
+    before = measure(bare, 1)["bare"]
+    speeds = {name: fit_speed(sizes, m, work) for name, m in modules.items()}
+    after = measure(bare, max(1, sizes.steps - 1), {"bare": lambda: None})["bare"]
+    baseline = rate(sizes.batch, before + after)
+    log.info("1b: %s, bare %.2f", {k: round(v, 2) for k, v in speeds.items()}, baseline)
+    return {
+        "images_per_s": speeds["augmented"],
+        "no_augmentation_images_per_s": speeds["no_augmentation"],
+        "bare_images_per_s": baseline,
+        "ratio_to_bare": speeds["augmented"] / baseline,
+        "batch": sizes.batch,
+        "steps": sizes.fit_batches - 1,
+        "precision": precision,
+        "channels_last": True,
+        "num_workers": 2,
+        "train_images": len(dm.rows("train")),
+    }
+
+
+# -- 2. data pipeline -----------------------------------------------------------------------------
+def pipeline(sizes: Sizes, work: Path) -> dict[str, Any]:
+    """Images/s of one process turning DICOM files into (1, S, S) tensors, five ways.
+
+    Runs on one thread, as a DataLoader worker does (PyTorch sets one thread in each worker).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _pipeline(sizes, work)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pipeline(sizes: Sizes, work: Path) -> dict[str, Any]:
+    items = make_items(load_manifest(big_dicoms(sizes), task="binary", classes=CLASSES))
+    n = len(items)
+    preprocess, augment = data_defaults(sizes)
+    chain = preprocessing(**preprocess)
+    naive = Compose(
+        [
+            LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True),
+            Resize((sizes.px, sizes.px)),
+            ScaleIntensity(),
+        ]
+    )
+
+    def first_pass(k: int) -> None:  # into a fresh, empty disk cache each time
+        folder = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
+        ds = PersistentDataset(items[:k], compose(chain), cache_dir=folder)
+        over(list(range(k)), ds.__getitem__)(k)
+        shutil.rmtree(folder)
+
+    filled = work / "filled"
+    cached = PersistentDataset(items, compose(chain), cache_dir=filled)
+    over(list(range(n)), cached.__getitem__)(n)  # fill the cache (untimed)
+    augmented = PersistentDataset(
+        items,
+        compose([*chain, *augmentation(image_size=sizes.px, **augment)]),
+        cache_dir=filled,
+    )
+    ways = {
+        "decode": over(items, lambda it: pydicom.dcmread(it[keys.PATH]).pixel_array),
+        "monai_chain": over(items, lambda it: naive(it[keys.PATH])),
+        "first_pass": first_pass,
+        "cached": over(list(range(n)), cached.__getitem__),
+        "cached_augmented": over(list(range(n)), augmented.__getitem__),
+    }
+    times = measure(
+        {name: partial(run, n) for name, run in ways.items()},
+        sizes.repeats,
+        {name: partial(run, 2) for name, run in ways.items()},
+    )
+    out = {name: rate(n, t) for name, t in times.items()}
+    log.info("2: %s", {n: round(v, 1) for n, v in out.items()})
+    return {"n_files": n, "size_range": list(sizes.dicom_size), "threads": 1, **preprocess, **out}
+
+
+# -- 3. inference (each measurement in its own process) -------------------------------------------
+def inference(sizes: Sizes, kind: str) -> dict[str, Any]:
+    """Scans/s and peak memory of one way of scoring scans; run in a fresh process.
+
+    ``bare``: ``model.net`` forward on an in-memory batch (inference mode); ``cam_bare``: Grad-CAM
+    on that batch; ``predict``: ``predict_dataset`` from the DICOM files; ``predict_cam``: the
+    same, then Grad-CAM batch by batch as ``chestxr.report`` does (each scan read a second time).
+    """
+    preprocess, _ = data_defaults(sizes)
+    torch.manual_seed(0)
+    model = classifier(preprocess).eval()
+    x = torch.rand(sizes.batch, 1, sizes.px, sizes.px)
+    items = make_items(load_manifest(big_dicoms(sizes), task="binary", classes=CLASSES))
+    ds = Dataset(items, compose(preprocessing(**preprocess)))
+    rss_setup = peak_rss_mb()
+
+    def cams(images: torch.Tensor) -> np.ndarray:
+        return compute_cams(model, images, method="gradcam", target_layer="net.layer4")
+
+    @torch.inference_mode()
+    def bare(k: int) -> None:
+        model.net(((x[:k] - model.mean) / model.std).contiguous(memory_format=torch.channels_last))
+
+    def predict(k: int) -> None:
+        sub = torch.utils.data.Subset(ds, range(k))
+        predict_dataset(model, sub, batch_size=sizes.batch)
+        if kind == "predict_cam":
+            for start in range(0, k, sizes.batch):
+                stop = min(start + sizes.batch, k)
+                cams(torch.stack([ds[i][keys.IMAGE] for i in range(start, stop)]))
+
+    def warmup() -> None:  # kernels for the batch shape, imports and decoders
+        bare(len(x))
+        if kind != "bare":
+            cams(x)
+        if kind.startswith("predict"):
+            predict(2)
+
+    run, n = {
+        "bare": (bare, len(x)),
+        "cam_bare": (lambda k: cams(x[:k]), len(x)),
+        "predict": (predict, len(ds)),
+        "predict_cam": (predict, len(ds)),
+    }[kind]
+    # the bare forward, timed in turn with this way in this process: the ratio's baseline
+    ways = {"bare": partial(bare, len(x)), kind: partial(run, n)}
+    times = measure(ways, sizes.repeats, {kind: warmup})
+    return {
+        "scans_per_s": rate(n, times[kind]),
+        "ratio_to_bare": rate(n, times[kind]) / rate(len(x), times["bare"]),
+        "scans": n,
+        "batch": sizes.batch,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_after_setup_mb": rss_setup,
+    }
+
+
+def in_subprocess(section: str, quick: bool) -> dict[str, Any]:
+    """Run ``--section`` in a fresh Python process and return its result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
+        cmd = [sys.executable, __file__, "--section", section, "--result", str(result)]
+        cmd += ["--quick"] * quick
+        # sh forks the child (the command is not its last), so the child's ru_maxrss starts
+        # afresh instead of at this process's size (getrusage keeps it across fork and exec)
+        shell = ["sh", "-c", '"$@"; exit $?', "sh"]
+        proc = subprocess.run(shell + cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"section {section} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(result.read_text())
+
+
+def run_section(section: str, sizes: Sizes) -> dict[str, Any]:
+    """One measurement in this (fresh) process: an inference kind, or ``manifest``."""
+    if section == "manifest":
+        import bench_manifest  # benchmarks/bench_manifest.py, next to this script
+
+        return {**bench_manifest.main(sizes.manifest_rows), "peak_rss": peak_rss_mb()}
+    return inference(sizes, section)
+
+
+# -- table ----------------------------------------------------------------------------------------
+def _met(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Table rows: section, measurement, value, ratio to its baseline, target."""
+    train, fit, pipe, inf, man = (
+        r[k] for k in ("train", "lightning", "pipeline", "inference", "manifest")
+    )
+    out = []
+    fp32 = train["variants"]["fp32"]["images_per_s"]
+    for name, m in train["variants"].items():
+        label = name + (" (picked)" if name == train["picked"] else "")
+        label += f", batch {m['batch']}" + (", emulated bf16" if m["emulated_bf16"] else "")
+        speed = m["images_per_s"]
+        out.append(
+            ("1a train, bare", label, f"{speed:.2f} img/s", f"{speed / fp32:.2f} x fp32", "")
+        )
+    out.append(("1a", "picked is the fastest", str(train["picked"] == train["fastest"]), "", ""))
+    speed, bare = fit["images_per_s"], fit["bare_images_per_s"]
+    out.append(
+        (
+            "1b train, chestxr",
+            f"Lightning fit, {fit['precision']}, channels_last, {fit['num_workers']} workers, "
+            f"batch {fit['batch']}",
+            f"{speed:.2f} img/s",
+            f"{speed / bare:.2f} x bare ({bare:.2f} img/s, same settings, timed around the fit)",
+            f">= 0.90: {_met(speed / bare >= 0.9)}",
+        )
+    )
+    speed = fit["no_augmentation_images_per_s"]
+    label = "same fit without augmentation (diagnostic)"
+    out.append(("1b", label, f"{speed:.2f} img/s", f"{speed / bare:.2f} x bare", ""))
+    labels = {
+        "decode": "pydicom dcmread + pixel_array (baseline)",
+        "monai_chain": "MONAI LoadImage + Resize + ScaleIntensity",
+        "first_pass": "chestxr first pass (decode, window, resize, write cache)",
+        "cached": "chestxr cached pass",
+        "cached_augmented": "chestxr cached pass + augmentation",
+    }
+    for name, label in labels.items():
+        speed = pipe[name]
+        ratio = f"{speed / pipe['decode']:.2f} x decode"
+        out.append(("2 data, 1 process, 1 thread", label, f"{speed:.1f} img/s", ratio, ""))
+    first_monai = pipe["first_pass"] / pipe["monai_chain"]
+    cached_first = pipe["cached"] / pipe["first_pass"]
+    out.append(
+        (
+            "2",
+            "first pass / MONAI chain",
+            f"{first_monai:.1f}",
+            "",
+            f">= 4: {_met(first_monai >= 4)}",
+        )
+    )
+    out.append(
+        ("2", "cached / first pass", f"{cached_first:.1f}", "", f">= 5: {_met(cached_first >= 5)}")
+    )
+    for name in ("cached", "cached_augmented"):
+        feed = 2 * pipe[name]
+        out.append(
+            (
+                "2",
+                f"2 workers x {labels[name].removeprefix('chestxr ')} vs 1b",
+                f"{feed:.0f} vs {fit['images_per_s']:.1f} img/s",
+                f"{feed / fit['images_per_s']:.0f} x",
+                f"outpace: {_met(feed > fit['images_per_s'])}",
+            )
+        )
+    labels = {
+        "bare": "bare forward, in-memory batch (baseline)",
+        "cam_bare": "Grad-CAM, in-memory batch",
+        "predict": "predict_dataset from DICOM",
+        "predict_cam": "predict_dataset + Grad-CAM (scans read twice, as report.py)",
+    }
+    for name, label in labels.items():
+        m = inf[name]
+        value = f"{m['scans_per_s']:.1f} scans/s, peak {m['peak_rss_mb']['ru_maxrss']:.0f} MB"
+        bare = m["scans_per_s"] / m["ratio_to_bare"]
+        ratio = f"{m['ratio_to_bare']:.2f} x bare ({bare:.1f} scans/s in the same process)"
+        out.append(("3 inference", label, value, ratio, ""))
+    ok = man["total_s"] < 10 and man["peak_rss_mb"] < 1024
+    out.append(
+        (
+            "4 manifest",
+            f"{man['rows']:,} rows: load, validate, split by patient",
+            f"{man['total_s']:.1f} s, peak {man['peak_rss_mb']:.0f} MB",
+            "",
+            f"< 10 s, < 1 GB: {_met(ok)}",
+        )
+    )
+    return out
+
+
+def table(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    head = [
+        f"Date {r['date']}, command `{r['command']}`, wall time {r['wall_s']:.0f} s.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
+        f"native bf16: {m['cpu_bf16']}. Load average (1 min) {r['loadavg_start'][0]:.2f} at start, "
+        f"{r['loadavg_end'][0]:.2f} at end. Section 2 runs on 1 thread, as a loader worker does. "
+        "Peak memory: `ru_maxrss` of a fresh subprocess per measurement (sections 3, 4).",
+        "",
+        "| section | measurement | value | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(head + ["| " + " | ".join(row) + " |" for row in rows(r)])
+
+
+# -- main -----------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    parser.add_argument("--section", help="(internal) run one measurement in this process")
+    parser.add_argument("--result", type=Path, help="(internal) where --section writes its JSON")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    sizes = QUICK if args.quick else Sizes()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    if args.section:
+        args.result.write_text(json.dumps(run_section(args.section, sizes)))
+        return None
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    r: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": "python benchmarks/run.py" + " --quick" * args.quick,
+        "machine": machine(),
+        "sizes": asdict(sizes),
+        "loadavg_start": list(os.getloadavg()),
+    }
+    with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
+        work = Path(tmp)
+        log.info("1a: bare training step")
+        r["train"] = train_bare(sizes)
+        log.info("1b: Lightning training step")
+        r["lightning"] = train_lightning(sizes, work / "fit")
+        log.info("2: data pipeline")
+        (work / "pipe").mkdir()
+        r["pipeline"] = pipeline(sizes, work / "pipe")
+    r["inference"] = {}
+    for kind in ("bare", "cam_bare", "predict", "predict_cam"):
+        log.info("3: inference %s (subprocess)", kind)
+        r["inference"][kind] = in_subprocess(kind, args.quick)
+    log.info("4: manifest scale (subprocess)")
+    r["manifest"] = in_subprocess("manifest", args.quick)
+    r["loadavg_end"] = list(os.getloadavg())
+    r["wall_s"] = time.perf_counter() - t0
+    r["table"] = table(r)
+    name = "benchmarks_quick.json" if args.quick else "benchmarks.json"
+    (RESULTS / name).write_text(json.dumps(r, indent=2, default=str))
+    print(r["table"])
+    return r
+
+
+if __name__ == "__main__":
+    main()
