@@ -6,6 +6,7 @@ A thin Hydra wrapper around :func:`train`; every choice lives in ``conf/``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from chestxr import __version__
 from chestxr.utils.files import ensure_fresh_run_dir
@@ -47,9 +48,18 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule: Any) -> dict[st
             ),
         }
     score = trainer.checkpoint_callback.best_model_score
-    text = OmegaConf.to_yaml(
-        {k: v for k, v in cfg.items() if k not in ("paths", "hydra")}, resolve=True
-    )
+    # the settings that define the run, resolved with placeholder paths (so the hash names the
+    # configuration, not where it ran); Hydra's own settings left out
+    c = cfg.copy()
+    with open_dict(c):
+        for key in c.paths:
+            c.paths[key] = f"<paths.{key}>"
+    settings = {
+        k: OmegaConf.to_container(c[k], resolve=True) if OmegaConf.is_config(c[k]) else c[k]
+        for k in c
+        if k not in ("paths", "hydra")
+    }
+    text = json.dumps(settings, sort_keys=True, default=str)
     return {
         "chestxr_version": __version__,
         "data": data,
