@@ -66,11 +66,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     model = load_model(cfg.ckpt_path, device=torch.device("cpu"))
     size = model.hparams.preprocess["image_size"]
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+    net = model.inference_network()
     files: dict[str, Path] = {}
     if "torchscript" in cfg.formats:
-        files["torchscript"] = export_torchscript(model, example, out_dir / FORMATS["torchscript"])
+        files["torchscript"] = export_torchscript(net, example, out_dir / FORMATS["torchscript"])
     if "onnx" in cfg.formats:
-        files["onnx"] = export_onnx(model, example, out_dir / FORMATS["onnx"], opset=cfg.opset)
+        files["onnx"] = export_onnx(net, example, out_dir / FORMATS["onnx"], opset=cfg.opset)
     card = model_card(Path(cfg.ckpt_path), model, files)
     write_model_card(out_dir / "model_card.json", card)
     log.info("exported %s to %s", sorted(files), out_dir)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 
 from chestxr import keys
 from chestxr.data.manifest import output_names
@@ -35,6 +35,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+class NormalizedNet(nn.Module):
+    """The network with its input normalisation: images in [0, 1] to logits (for export)."""
+
+    def __init__(self, net: nn.Module, mean: float, std: float) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net((images - self.mean) / self.std)
 
 
 class ChestXRClassifier(L.LightningModule):
@@ -182,6 +195,10 @@ class ChestXRClassifier(L.LightningModule):
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
+
+    def inference_network(self) -> NormalizedNet:
+        """A plain ``nn.Module`` (no Lightning state) computing the same logits, for export."""
+        return NormalizedNet(self.net, float(self.mean), float(self.std)).eval()
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """Binary cross-entropy per output, NaN targets masked."""
