@@ -108,7 +108,7 @@ def evaluate_model(
         n_bootstrap=cfg.get("n_bootstrap", 1000),
         seed=cfg.get("seed", 0),
         threshold_rule=rule,
-        class_names=list(model.hparams.classes),
+        class_names=list(model.hparams.classes) if model.hparams.task == "binary" else None,
         min_group_size=cfg.get("min_group_size", 30),
     )
     for name, m in metrics["outputs"].items():
