@@ -223,3 +223,40 @@ def test_temperature_scaling_keeps_ranking_and_decisions(trained):
     assert scaled["metrics"]["roc_auc"] == pytest.approx(plain["metrics"]["roc_auc"])
     assert scaled["metrics"]["confusion_matrix"] == plain["metrics"]["confusion_matrix"]
     assert scaled["metrics"]["brier"] != pytest.approx(plain["metrics"]["brier"])
+
+
+def test_predict_on_real_corrupt_dicoms(trained, shared_data, tmp_path):
+    import shutil
+
+    dicom = shared_data / "dicom"
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for rel in [
+        "xray/pylibjpeg-data/RG2_JPLY.dcm",
+        "edge_cases/dcmfx-pydicom/JPEG-lossy.dcm",
+        "xray/highdicom/dx_image.dcm",
+        "xray/pylibjpeg-data/RG2_JPLY_fixed.dcm",
+    ]:
+        shutil.copy(dicom / rel, folder / Path(rel).name)
+    out = tmp_path / "pred"
+    ckpt = trained["run"] / "checkpoints" / "model.ckpt"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chestxr.predict",
+            f"ckpt_path={ckpt}",
+            f"input={folder}",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    good = sorted(Path(r["file"]).name for r in read_csv(out / "predictions.csv"))
+    bad = {Path(r["file"]).name: r["reason"] for r in read_csv(out / "unreadable.csv")}
+    assert good == ["RG2_JPLY_fixed.dcm", "dx_image.dcm"]
+    assert set(bad) == {"RG2_JPLY.dcm", "JPEG-lossy.dcm"}
+    assert all("could not be decoded" in reason for reason in bad.values())
