@@ -29,6 +29,21 @@ RUN_OVERRIDES = [
 ]
 
 
+def run_predict(trained, folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``python -m chestxr.predict`` with the trained run's final checkpoint."""
+    ckpt = trained["run"] / "checkpoints" / "model.ckpt"
+    cmd = [
+        sys.executable,
+        "-m",
+        "chestxr.predict",
+        f"ckpt_path={ckpt}",
+        f"input={folder}",
+        f"hydra.run.dir={out}",
+        *extra,
+    ]
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
@@ -140,22 +155,7 @@ def test_predict_cli_lists_unreadable_files(trained, tmp_path):
     (folder / "broken.dcm").write_bytes(Path(manifest.paths[0]).read_bytes()[:600])
     (folder / "notes.png").write_text("not an image")
     out = tmp_path / "pred"
-    ckpt = trained["run"] / "checkpoints" / "model.ckpt"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chestxr.predict",
-            f"ckpt_path={ckpt}",
-            f"input={folder}",
-            f"hydra.run.dir={out}",
-            "cams=true",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_predict(trained, folder, out, "cams=true")
     assert proc.returncode == 2, proc.stderr[-2000:]
     preds = read_csv(out / "predictions.csv")
     bad = read_csv(out / "unreadable.csv")
@@ -239,21 +239,7 @@ def test_predict_on_real_corrupt_dicoms(trained, shared_data, tmp_path):
     ]:
         shutil.copy(dicom / rel, folder / Path(rel).name)
     out = tmp_path / "pred"
-    ckpt = trained["run"] / "checkpoints" / "model.ckpt"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chestxr.predict",
-            f"ckpt_path={ckpt}",
-            f"input={folder}",
-            f"hydra.run.dir={out}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_predict(trained, folder, out)
     assert proc.returncode == 2, proc.stderr[-2000:]
     good = sorted(Path(r["file"]).name for r in read_csv(out / "predictions.csv"))
     bad = {Path(r["file"]).name: r["reason"] for r in read_csv(out / "unreadable.csv")}
