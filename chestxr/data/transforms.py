@@ -35,6 +35,7 @@ def preprocessing(
     frame: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     voi: str = "header",
+    binning: bool = True,
 ) -> list[Transform]:
     """Deterministic transforms from a file path to a ``(1, S, S)`` float32 tensor in [0, 1].
 
@@ -44,6 +45,9 @@ def preprocessing(
         frame: frame to take from multi-frame files (None: such files are an error).
         max_pixels: decompression-bomb guard passed to the reader.
         voi: reader's VOI policy (``header`` or ``minmax``).
+        binning: let the reader average k x k pixel blocks before windowing, with the largest k
+            that keeps the side being resized at ``image_size`` or more (:mod:`chestxr.io.binning`);
+            the area resize then works on a small image. False windows every original pixel.
 
     Raises:
         ValueError: unknown resize policy or a non-positive size.
@@ -52,7 +56,14 @@ def preprocessing(
         raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
-    load = LoadRadiographd(keys.IMAGE, frame=frame, max_pixels=max_pixels, voi=voi)
+    load = LoadRadiographd(
+        keys.IMAGE,
+        frame=frame,
+        max_pixels=max_pixels,
+        voi=voi,
+        bin_to=image_size if binning else None,
+        bin_side="longest" if resize == "pad" else "shortest",
+    )
     if resize == "pad":
         spatial: list[Transform] = [
             Resized(keys.IMAGE, image_size, size_mode="longest", mode="area"),

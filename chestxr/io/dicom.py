@@ -33,6 +33,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_sp
 from pydicom.pixels.utils import as_pixel_options, get_nr_frames
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from chestxr.io.binning import bin_affine, bin_factor, bin_mean
 from chestxr.io.errors import RadiographReadError
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,13 @@ def dicom_header(path: str | PathLike[str]) -> dict[str, Any]:
 
 
 def read_dicom(
-    path: str | PathLike[str], *, frame: int | None, max_pixels: int, voi: str
+    path: str | PathLike[str],
+    *,
+    frame: int | None,
+    max_pixels: int,
+    voi: str,
+    bin_to: int | None = None,
+    bin_side: str = "longest",
 ) -> np.ndarray:
     """Decode one DICOM radiograph to a display-ready grey image (see the module docstring).
 
@@ -144,9 +151,14 @@ def read_dicom(
         frame: the frame of a multi-frame image (required there); ``None`` or 0 otherwise.
         max_pixels: refuse images with more than Rows * Columns * frames pixels, before decoding.
         voi: ``"header"`` (VOI LUT / window from the header, else min-max) or ``"minmax"``.
+        bin_to: average k x k blocks of modality values before the VOI, with the largest k that
+            keeps the ``bin_side`` side at ``bin_to`` pixels or more (:mod:`chestxr.io.binning`);
+            None keeps every pixel.
+        bin_side: ``longest`` or ``shortest``.
 
     Returns:
-        float32 array (H, W) in [0, 1], brighter = more attenuation.
+        float32 array (H, W) in [0, 1] (``ceil(H / k), ceil(W / k)`` when binned), brighter = more
+        attenuation.
 
     Raises:
         RadiographReadError: anything this module knows how to explain; other exceptions from
@@ -160,28 +172,33 @@ def read_dicom(
                 path, f"{photometric} image decoded to shape {arr.shape}, expected (rows, columns)"
             )
         grey = _modality_lut(path, arr, ds)
-        grey = minmax(grey) if voi == "minmax" else _voi(path, grey, ds)
+        k = bin_factor(grey.shape, bin_to, bin_side)
+        grey = minmax(grey, k) if voi == "minmax" else _voi(path, grey, ds, k)
         grey = np.ascontiguousarray(grey, dtype=np.float32)
         if photometric == "MONOCHROME1" or _presentation_inverse(ds):
             np.subtract(np.float32(1.0), grey, out=grey)
         return grey
     grey = _colour_to_grey(path, arr, ds, photometric)
-    return minmax(grey) if voi == "minmax" else grey
+    k = bin_factor(grey.shape, bin_to, bin_side)
+    return minmax(grey, k) if voi == "minmax" else bin_mean(grey, k)
 
 
-def minmax(arr: np.ndarray) -> np.ndarray:
+def minmax(arr: np.ndarray, k: int = 1) -> np.ndarray:
     """Scale to [0, 1] by the image's own range; a constant image gives zeros.
 
     Args:
         arr: any real array.
+        k: then bin k x k blocks (:mod:`chestxr.io.binning`; 2-D ``arr`` only).
 
     Returns:
-        float32 array of the same shape.
+        float32 array of the same shape (binned: ``ceil(H / k), ceil(W / k)``).
     """
     arr = np.asarray(arr)
     lo, hi = float(arr.min()), float(arr.max())
     if not hi > lo:  # constant (or NaN): no range to scale by
-        return np.zeros(arr.shape, dtype=np.float32)
+        return np.zeros(bin_mean(arr[:1, :1], k).shape if k > 1 else arr.shape, np.float32)
+    if k > 1:
+        return bin_affine(arr, k, lo, hi)
     out = np.array(arr, dtype=np.float32)  # a copy, worked on in place
     out -= np.float32(lo)
     out *= np.float32(1.0 / (hi - lo))
@@ -286,16 +303,19 @@ def _modality_lut(path: str | PathLike[str], arr: np.ndarray, ds: Dataset) -> np
     return apply_modality_lut(arr, ds)
 
 
-def _voi(path: str | PathLike[str], arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """VOI from the header (VOI LUT Sequence, else first window, else min-max) to [0, 1]."""
+def _voi(path: str | PathLike[str], arr: np.ndarray, ds: Dataset, k: int = 1) -> np.ndarray:
+    """VOI from the header (VOI LUT Sequence, else first window, else min-max) to [0, 1].
+
+    ``k > 1`` bins k x k blocks of the result (fused with linear windows and min-max).
+    """
     item = _lut_item(ds, "VOILUTSequence")
     if item is not None:
-        return _apply_voi_lut_item(path, arr, ds, item)
+        return bin_mean(_apply_voi_lut_item(path, arr, ds, item), k)
     if "VOILUTSequence" in ds:
         logger.warning("%s: empty or incomplete VOI LUT Sequence ignored", path)
     window = _first_window(path, ds)
     if window is not None:
-        out = window_to_unit(arr, *window)
+        out = _binned_window(arr, *window, k=k)
         if out.min() < out.max() or np.min(arr) == np.max(arr):
             return out
         logger.warning(
@@ -307,7 +327,19 @@ def _voi(path: str | PathLike[str], arr: np.ndarray, ds: Dataset) -> np.ndarray:
             np.min(arr),
             np.max(arr),
         )
-    return minmax(arr)
+    return minmax(arr, k)
+
+
+def _binned_window(
+    arr: np.ndarray, center: float, width: float, function: str = "LINEAR", *, k: int = 1
+) -> np.ndarray:
+    """:func:`window_to_unit`, then k x k bins; linear windows are fused (clip, bin, scale)."""
+    if k == 1 or function == "SIGMOID" or (function == "LINEAR" and width == 1):
+        return bin_mean(window_to_unit(arr, center, width, function), k)
+    # the values the window maps to 0 and 1 (PS3.3 C.11.2.1.2, C.11.2.1.3.2)
+    lo = center - 0.5 - (width - 1) / 2 if function == "LINEAR" else center - width / 2
+    hi = lo + (width - 1 if function == "LINEAR" else width)
+    return bin_affine(arr, k, lo, hi)
 
 
 def window_to_unit(

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from chestxr.io.binning import BIN_SIDES, bin_factor, bin_mean
 from chestxr.io.dicom import dicom_header, minmax, read_dicom
 from chestxr.io.errors import RadiographReadError
 from chestxr.io.raster import raster_header, read_raster
@@ -57,6 +58,8 @@ def read_radiograph(
     frame: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     voi: str = "header",
+    bin_to: int | None = None,
+    bin_side: str = "longest",
 ) -> np.ndarray:
     """Read a chest radiograph (DICOM, PNG or JPEG) as a display-ready grey image.
 
@@ -70,14 +73,19 @@ def read_radiograph(
         max_pixels: decompression-bomb guard, checked before decoding.
         voi: ``"header"`` or ``"minmax"`` (min-max of the modality values for DICOM, of the
             grey values for PNG/JPEG).
+        bin_to: when given, average k x k pixel blocks before the VOI, with the largest k that
+            keeps the ``bin_side`` side at ``bin_to`` pixels or more (for a network input of
+            that size; see :mod:`chestxr.io.binning`). None keeps every pixel.
+        bin_side: ``longest`` or ``shortest``.
 
     Returns:
-        float32 array (H, W) in [0, 1]; brighter = more attenuation, as a radiologist views it.
+        float32 array (H, W) in [0, 1] (``ceil(H / k), ceil(W / k)`` when binned); brighter =
+        more attenuation, as a radiologist views it.
 
     Raises:
         RadiographReadError: any failure to read the file, with the path and an actionable reason.
-        ValueError: ``voi``, ``frame`` or ``max_pixels`` is not a valid argument (a caller bug,
-            not a bad file).
+        ValueError: ``voi``, ``frame``, ``max_pixels`` or ``bin_side`` is not a valid argument
+            (a caller bug, not a bad file).
     """
     if voi not in VOI_MODES:
         raise ValueError(f"voi must be one of {VOI_MODES}, got {voi!r}")
@@ -85,16 +93,25 @@ def read_radiograph(
         raise ValueError(f"frame must be an int or None, got {frame!r}")
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels!r}")
+    if bin_side not in BIN_SIDES:
+        raise ValueError(f"bin_side must be one of {BIN_SIDES}, got {bin_side!r}")
     frame = None if frame is None else int(frame)
 
     def read() -> np.ndarray:
         fmt = sniff_format(path)
         if fmt in ("png", "jpeg"):
             arr = read_raster(path, frame=frame, max_pixels=max_pixels)
-            if voi == "minmax":
-                arr = minmax(arr)
+            k = bin_factor(arr.shape, bin_to, bin_side)
+            arr = minmax(arr, k) if voi == "minmax" else bin_mean(arr, k)
         else:
-            arr = read_dicom(path, frame=frame, max_pixels=max_pixels, voi=voi)
+            arr = read_dicom(
+                path,
+                frame=frame,
+                max_pixels=max_pixels,
+                voi=voi,
+                bin_to=bin_to,
+                bin_side=bin_side,
+            )
         if arr.ndim != 2 or arr.dtype != np.float32:
             raise RadiographReadError(path, f"decoded to {arr.dtype} {arr.shape}, expected 2-D")
         return arr
