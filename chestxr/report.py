@@ -110,6 +110,8 @@ def report_model(
     layer = cfg.get("target_layer", "net.layer4")
     device = next(model.parameters()).device
     hits = {(o, m): [] for o in names for m in methods}
+    strict = {(o, m): [] for o in names for m in methods}
+    tolerance = float(cfg.get("pointing_tolerance", 15)) * pre["image_size"] / 224
     ious = {(o, m): [] for o in names for m in methods}
     entries: list[ReportEntry] = []
     for start in range(0, n, bs):
@@ -139,11 +141,11 @@ def report_model(
                 for m in methods:
                     cam = cams[(k, m)][j]
                     if scored:
-                        hits[(name, m)].append(float(pointing_game(cam, in_boxes)))
+                        hit = pointing_game(cam, in_boxes, tolerance=tolerance)
+                        hits[(name, m)].append(float(hit))
+                        strict[(name, m)].append(float(pointing_game(cam, in_boxes)))
                         ious[(name, m)].append(float(cam_box_iou(cam, in_boxes)))
-                        extra[f"{name} {m} pointing game"] = (
-                            "hit" if hits[(name, m)][-1] else "miss"
-                        )
+                        extra[f"{name} {m} pointing game"] = "hit" if hit else "miss"
                     key = m if len(names) == 1 else overlay_key(name, m)
                     png = out_dir / "overlays" / f"{sid}_{k}_{m}.png"
                     overlay_figure(
@@ -172,6 +174,7 @@ def report_model(
         "schema": "chestxr.cam_metrics/1",
         "n_scans": n,
         "target_layer": layer,
+        "pointing_tolerance_px": tolerance,
         "outputs": {
             o: faithfulness(model, ds, pred, k, methods, layer, cfg) for k, o in enumerate(names)
         },
@@ -179,6 +182,7 @@ def report_model(
     for (o, m), h in hits.items():
         cam_metrics["outputs"][o][m].update(
             pointing_game=float(np.mean(h)) if h else None,
+            pointing_game_strict=float(np.mean(strict[(o, m)])) if h else None,
             pointing_game_n=len(h),
             iou=float(np.mean(ious[(o, m)])) if h else None,
         )
@@ -187,7 +191,7 @@ def report_model(
         f"{o} {m} {key}": v.get(key)
         for o, per in cam_metrics["outputs"].items()
         for m, v in per.items()
-        for key in ("pointing_game", "randomisation_spearman")
+        for key in ("pointing_game", "pointing_game_strict", "randomisation_spearman")
     }
     write_report_html(
         out_dir / "report.html",

@@ -92,6 +92,8 @@ def test_staged_unfreezing_changes_the_backbone_only_from_its_epoch(tmp_path):
     same = [all(torch.equal(start[k], s[k]) for k in start) for s in snapshots]
     assert same == [True, True, False]
     assert all(p.requires_grad for mod in backbone_modules(m.net) for p in mod.parameters())
+    backbone, head = m.optimizers().optimizer.param_groups  # no group added or duplicated
+    assert backbone["lr"] == pytest.approx(0.5 * head["lr"])
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -22,18 +22,17 @@ def backbone_modules(net: nn.Module) -> list[nn.Module]:
 class StagedUnfreezing(BaseFinetuning):
     """Train the head alone, then from ``unfreeze_epoch`` on the whole network.
 
-    The backbone joins the optimizer as its own parameter group with the head's learning rate
-    times ``lr_factor`` (Lightning's ``BaseFinetuning`` mechanics).
+    The backbone's parameter group is in the optimizer from the start (with its learning rate,
+    ``backbone_lr_factor`` times the head's, under the same schedule); while it is frozen its
+    parameters get no gradient, so the optimizer leaves them as they are.
 
     Args:
         unfreeze_epoch: first epoch (0-based) in which the backbone trains.
-        lr_factor: backbone learning rate relative to the head's.
     """
 
-    def __init__(self, unfreeze_epoch: int = 2, lr_factor: float = 0.1) -> None:
+    def __init__(self, unfreeze_epoch: int = 2) -> None:
         super().__init__()
         self.unfreeze_epoch = unfreeze_epoch
-        self.lr_factor = lr_factor
 
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
         self.freeze(backbone_modules(pl_module.net), train_bn=False)
@@ -42,8 +41,7 @@ class StagedUnfreezing(BaseFinetuning):
         self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer
     ) -> None:
         if epoch == self.unfreeze_epoch:
-            lr = optimizer.param_groups[0]["lr"] * self.lr_factor
-            self.unfreeze_and_add_param_group(
-                backbone_modules(pl_module.net), optimizer, lr=lr, train_bn=True
+            self.make_trainable(backbone_modules(pl_module.net))
+            log.info(
+                "epoch %d: backbone unfrozen (lr %.2e)", epoch, optimizer.param_groups[0]["lr"]
             )
-            log.info("epoch %d: backbone unfrozen (lr %.2e)", epoch, lr)

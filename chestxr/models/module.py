@@ -164,12 +164,7 @@ class ChestXRClassifier(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         if self.finetune["strategy"] == "staged":
-            return [
-                StagedUnfreezing(
-                    int(self.finetune["unfreeze_epoch"]),
-                    float(self.finetune.get("backbone_lr_factor", 1.0)),
-                )
-            ]
+            return [StagedUnfreezing(int(self.finetune["unfreeze_epoch"]))]
         return []
 
     # -- checkpoints: random states, for a resumed run that equals an uninterrupted one --------
