@@ -35,6 +35,8 @@ def load_model(
         model = ChestXRClassifier.load_from_checkpoint(path, map_location=device)
     except (KeyError, TypeError, RuntimeError) as err:
         raise ValueError(f"{path} is not a chestxr checkpoint ({err})") from err
+    # checkpoints from before the reader's binning option were trained without it
+    model.hparams.preprocess.setdefault("binning", False)
     return model.eval().to(device)
 
 

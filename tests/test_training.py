@@ -14,6 +14,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from chestxr.evaluate import evaluate
+from chestxr.inference import load_model
 from chestxr.report import report
 from chestxr.train import train
 from tests.conftest import REPO_ROOT, TINY_SYNTHETIC, compose_config
@@ -102,7 +103,6 @@ def test_subgroups_by_generated_columns_appear_in_the_summary(trained):
 
 def test_test_threshold_is_the_validation_one(trained):
     from chestxr.evaluate import fit_thresholds
-    from chestxr.inference import load_model
 
     ckpt = trained["run"] / "checkpoints" / "model.ckpt"
     model = load_model(ckpt)
@@ -174,7 +174,6 @@ def test_checkpoint_keeps_what_inference_needs(trained):
 
 def test_export_matches_the_checkpoint_and_writes_a_card(trained):
     from chestxr.export import export
-    from chestxr.inference import load_model
 
     ckpt = trained["run"] / "checkpoints" / "model.ckpt"
     formats = ["torchscript"]
@@ -246,3 +245,14 @@ def test_predict_on_real_corrupt_dicoms(trained, shared_data, tmp_path):
     assert good == ["RG2_JPLY_fixed.dcm", "dx_image.dcm"]
     assert set(bad) == {"RG2_JPLY.dcm", "JPEG-lossy.dcm"}
     assert all("could not be decoded" in reason for reason in bad.values())
+
+
+def test_checkpoint_from_before_binning_reads_scans_without_it(trained, tmp_path):
+    """A checkpoint whose preprocessing predates ``binning`` is read as it was trained."""
+    path = trained["run"] / "checkpoints" / "model.ckpt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["hyper_parameters"]["preprocess"]["binning"] is True  # the current default
+    del ckpt["hyper_parameters"]["preprocess"]["binning"]
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    assert load_model(tmp_path / "old.ckpt").hparams.preprocess["binning"] is False
+    assert load_model(path).hparams.preprocess["binning"] is True
