@@ -123,6 +123,11 @@ def test_report_has_one_card_per_test_scan(trained):
     assert len(list((rep / "overlays").glob("*_gradcam.png"))) == n
     cams = json.loads((rep / "cam_metrics.json").read_text())
     assert cams["n_scans"] == n and "gradcam" in cams["outputs"]["opacity"]
+    # Zhang et al.'s 15 px at 224, scaled to the 64 px input; the tolerant game never scores lower
+    assert cams["pointing_tolerance_px"] == pytest.approx(15 * 64 / 224)
+    game = cams["outputs"]["opacity"]["gradcam"]
+    if game["pointing_game_n"]:
+        assert game["pointing_game"] >= game["pointing_game_strict"]
     assert "<script" in html and "data:image/png;base64," in html and "http://" not in html
 
 
