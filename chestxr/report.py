@@ -111,7 +111,7 @@ def report_model(
     device = next(model.parameters()).device
     hits = {(o, m): [] for o in names for m in methods}
     strict = {(o, m): [] for o in names for m in methods}
-    tolerance = float(cfg.get("pointing_tolerance", 15)) * pre["image_size"] / 224
+    tolerance = float(cfg["pointing_tolerance"]) * pre["image_size"] / 224  # px at 224 -> input
     ious = {(o, m): [] for o in names for m in methods}
     entries: list[ReportEntry] = []
     for start in range(0, n, bs):
