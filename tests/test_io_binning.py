@@ -106,3 +106,13 @@ def test_binned_preprocessing_is_close_to_the_full_resolution_chain(tmp_path):
         assert out[True].shape == out[False].shape == (1, 64, 64)
         diff = (out[True] - out[False]).abs()
         assert float(diff.mean()) < 0.01 and float(diff.max()) < 0.1
+
+
+def test_binned_results_do_not_share_the_reused_work_array():
+    rng = np.random.default_rng(5)
+    a, b = (rng.integers(0, 4096, size=(64, 48)).astype(np.uint16) for _ in range(2))
+    first = bin_affine(a, 4, 100.0, 3000.0)
+    kept = first.copy()
+    bin_affine(b, 4, 100.0, 3000.0)
+    bin_affine(b[:40, :40], 3, 0.0, 4095.0)
+    np.testing.assert_array_equal(first, kept)

@@ -11,6 +11,8 @@ of the pixels.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 BIN_SIDES = ("longest", "shortest")
@@ -74,12 +76,30 @@ def bin_affine(arr: np.ndarray, k: int, lo: float, hi: float) -> np.ndarray:
     """
     if not hi > lo:
         raise ValueError(f"empty range: lo={lo!r}, hi={hi!r}")
-    x = np.array(arr, dtype=np.float32)  # a copy, clipped in place
+    arr = np.asarray(arr)
+    x = np.empty(arr.shape, np.float32) if k == 1 else _scratch(arr.shape)
+    np.copyto(x, arr, casting="unsafe")
     np.clip(x, np.float32(lo), np.float32(hi), out=x)
     out = _block_mean(x, k) if k > 1 else x
     out -= np.float32(lo)
     out *= np.float32(1.0 / (hi - lo))
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+_local = threading.local()
+
+
+def _scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 work array of ``shape``, reused by the next call in this thread.
+
+    A radiograph's full-size float copy is ~10-50 MB; allocating it afresh for each scan makes the
+    kernel map and zero new pages every time, which costs as much as the arithmetic.
+    """
+    size = int(np.prod(shape))
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _local.buf = np.empty(size, np.float32)
+    return buf[:size].reshape(shape)
 
 
 def _block_mean(x: np.ndarray, k: int) -> np.ndarray:
