@@ -7,8 +7,10 @@ on file descriptor 3 and writes replies and events on descriptor 4; no port, no 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -57,12 +59,16 @@ class Page:
         self._buf = b""
         self._id = 0
         self._session: str | None = None
-        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        attached = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})
-        self._session = attached["sessionId"]
-        self.call("Emulation.setDeviceMetricsOverride", {
-            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False
-        })  # fmt: skip
+        try:
+            target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+            attached = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})
+            self._session = attached["sessionId"]
+            self.call("Emulation.setDeviceMetricsOverride", {
+                "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False
+            })  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
 
     def call(self, method: str, params: dict[str, Any] | None = None, timeout: float = 30) -> Any:
         """Send one command and return its result (events in between are dropped)."""
@@ -74,9 +80,14 @@ class Page:
         deadline = time.monotonic() + timeout
         while True:
             while b"\0" not in self._buf:
-                if time.monotonic() > deadline or self._proc.poll() is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._proc.poll() is not None:
                     raise TimeoutError(f"no reply from Chromium to {method}")
-                self._buf += os.read(self._in, 1 << 20)
+                if select.select([self._in], [], [], min(left, 1.0))[0]:
+                    chunk = os.read(self._in, 1 << 20)
+                    if not chunk:
+                        raise TimeoutError(f"Chromium closed the pipe before answering {method}")
+                    self._buf += chunk
             raw, self._buf = self._buf.split(b"\0", 1)
             reply = json.loads(raw)
             if reply.get("id") == self._id:
@@ -86,7 +97,9 @@ class Page:
 
     def open(self, url: str, timeout: float = 30) -> None:
         """Navigate and wait until the document and its images have loaded."""
-        self.call("Page.navigate", {"url": url})
+        error = self.call("Page.navigate", {"url": url}).get("errorText")
+        if error:
+            raise RuntimeError(f"could not open {url}: {error}")
         deadline = time.monotonic() + timeout
         while self.js("document.readyState") != "complete":
             if time.monotonic() > deadline:
@@ -121,11 +134,14 @@ class Page:
 
     def close(self) -> None:
         """Stop the browser and remove its profile."""
-        self._proc.kill()
-        self._proc.wait(timeout=10)
-        os.close(self._out)
-        os.close(self._in)
-        shutil.rmtree(self._profile, ignore_errors=True)
+        try:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+        finally:
+            for fd in (self._out, self._in):
+                with contextlib.suppress(OSError):  # already closed
+                    os.close(fd)
+            shutil.rmtree(self._profile, ignore_errors=True)
 
     def __enter__(self) -> Page:
         return self

@@ -96,6 +96,18 @@ def test_staged_unfreezing_changes_the_backbone_only_from_its_epoch(tmp_path):
     assert backbone["lr"] == pytest.approx(0.5 * head["lr"])
 
 
+def test_staged_unfreezing_in_a_run_resumed_past_its_epoch():
+    """Setup freezes the backbone again on resume; every epoch from unfreeze_epoch unfreezes it."""
+    m = model("staged", unfreeze_epoch=1)
+    (callback,) = m.configure_callbacks()
+    callback.freeze_before_training(m)
+    optimizer = torch.optim.SGD(m.parameters(), lr=0.1)
+    callback.finetune_function(m, 0, optimizer)
+    assert not any(p.requires_grad for mod in backbone_modules(m.net) for p in mod.parameters())
+    callback.finetune_function(m, 3, optimizer)  # resumed at epoch 3
+    assert all(p.requires_grad for mod in backbone_modules(m.net) for p in mod.parameters())
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_resume_equals_an_uninterrupted_run(tmp_path, workers):
     aug = {"prob": 0.5}

@@ -116,3 +116,11 @@ def test_binned_results_do_not_share_the_reused_work_array():
     bin_affine(b, 4, 100.0, 3000.0)
     bin_affine(b[:40, :40], 3, 0.0, 4095.0)
     np.testing.assert_array_equal(first, kept)
+
+
+def test_blank_image_keeps_its_binned_shape(tmp_path):
+    pixels = np.full((103, 77), 700, dtype=np.uint16)
+    path = write_dicom(make_ds(pixels, photometric="MONOCHROME1"), tmp_path / "blank.dcm")
+    for voi in ("header", "minmax"):
+        out = read_radiograph(path, voi=voi, bin_to=12)
+        assert out.shape == (26, 20) and np.all(out == 1.0)  # MONOCHROME1: zeros inverted

@@ -76,6 +76,24 @@ def page(report):
         yield p
 
 
+def _load_images(page: Page) -> list[list[float]]:
+    """Scroll to each image as a reader would (they are lazy), wait until it is decoded, and
+    return (complete, natural width, natural height, width and height on the page) for each."""
+    return page.js(
+        """(async () => {
+          const out = [];
+          for (const img of document.images) {
+            if (img.offsetParent === null) continue;  // hidden by a filter
+            img.scrollIntoView(); await img.decode();
+            const r = img.getBoundingClientRect();
+            out.push([img.complete, img.naturalWidth, img.naturalHeight, r.width, r.height]);
+          }
+          window.scrollTo(0, 0);
+          return out;
+        })()"""
+    )
+
+
 def _visible(page: Page, selector: str, attribute: str) -> list[str]:
     return page.js(
         f"[...document.querySelectorAll({json.dumps(selector)})]"
@@ -84,21 +102,12 @@ def _visible(page: Page, selector: str, attribute: str) -> list[str]:
 
 
 def test_every_image_loads_and_decodes_at_its_aspect(page):
-    sizes = page.js(
-        """(async () => {
-          const out = [];
-          for (const img of document.images) {   // scroll as a reader would (images are lazy)
-            img.scrollIntoView(); await img.decode();
-            out.push([img.complete, img.naturalWidth, img.naturalHeight]);
-          }
-          window.scrollTo(0, 0);
-          return out;
-        })()"""
-    )
+    sizes = _load_images(page)
     assert len(sizes) == 2 * len(SCANS)  # image + Grad-CAM per scan
-    for complete, width, height in sizes:
+    for complete, width, height, shown_w, shown_h in sizes:
         assert complete and width >= 90
         assert height > width  # the portrait radiograph stays portrait (colour bar included)
+        assert shown_h / shown_w == pytest.approx(height / width, rel=0.02)  # drawn undistorted
 
 
 def test_filter_buttons_show_only_their_outcome(page):
@@ -121,6 +130,7 @@ def test_screenshot_shows_the_filtered_cards_and_their_images(page):
         return int((np.abs(img - np.asarray(rgb)).sum(axis=-1) <= 3).sum())
 
     page.click("button.filter[data-outcome='FN']")
+    assert len(_load_images(page)) == 2  # the FN card's image and overlay
     page.js("document.querySelector('div.card:not(.hidden)').scrollIntoView()")
     img = shot()
     if os.environ.get("CHESTXR_SCREENSHOT"):  # to look at it: CHESTXR_SCREENSHOT=out.png pytest

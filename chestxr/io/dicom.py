@@ -196,7 +196,7 @@ def minmax(arr: np.ndarray, k: int = 1) -> np.ndarray:
     arr = np.asarray(arr)
     lo, hi = float(arr.min()), float(arr.max())
     if not hi > lo:  # constant (or NaN): no range to scale by
-        return np.zeros(bin_mean(arr[:1, :1], k).shape if k > 1 else arr.shape, np.float32)
+        return np.zeros(arr[::k, ::k].shape if k > 1 else arr.shape, np.float32)
     if k > 1:
         return bin_affine(arr, k, lo, hi)
     out = np.array(arr, dtype=np.float32)  # a copy, worked on in place

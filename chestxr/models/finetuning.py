@@ -40,8 +40,10 @@ class StagedUnfreezing(BaseFinetuning):
     def finetune_function(
         self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer
     ) -> None:
+        if epoch < self.unfreeze_epoch:
+            return
+        # every epoch from then on: a run resumed past that epoch is frozen again by setup
+        self.make_trainable(backbone_modules(pl_module.net))
         if epoch == self.unfreeze_epoch:
-            self.make_trainable(backbone_modules(pl_module.net))
-            log.info(
-                "epoch %d: backbone unfrozen (lr %.2e)", epoch, optimizer.param_groups[0]["lr"]
-            )
+            lr = optimizer.param_groups[0]["lr"]
+            log.info("epoch %d: backbone unfrozen (lr %.2e)", epoch, lr)
