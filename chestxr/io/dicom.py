@@ -336,10 +336,8 @@ def _binned_window(
     """:func:`window_to_unit`, then k x k bins; linear windows are fused (clip, bin, scale)."""
     if k == 1 or function == "SIGMOID" or (function == "LINEAR" and width == 1):
         return bin_mean(window_to_unit(arr, center, width, function), k)
-    # the values the window maps to 0 and 1 (PS3.3 C.11.2.1.2, C.11.2.1.3.2)
-    lo = center - 0.5 - (width - 1) / 2 if function == "LINEAR" else center - width / 2
-    hi = lo + (width - 1 if function == "LINEAR" else width)
-    return bin_affine(arr, k, lo, hi)
+    c, w = _linear_window(center, width, function)
+    return bin_affine(arr, k, c - w / 2, c + w / 2)  # the values mapped to 0 and 1
 
 
 def window_to_unit(
@@ -377,11 +375,19 @@ def window_to_unit(
         out += np.float32(1.0)
         np.reciprocal(out, out=out)
         return out
-    # LINEAR: ((x - (c - 0.5)) / (w - 1) + 0.5); LINEAR_EXACT: ((x - c) / w + 0.5); clipped
-    c, w = (center - 0.5, width - 1.0) if function == "LINEAR" else (center, width)
+    c, w = _linear_window(center, width, function)
     out *= np.float32(1.0 / w)
     out += np.float32(0.5 - c / w)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _linear_window(center: float, width: float, function: str) -> tuple[float, float]:
+    """(c, w) such that a linear VOI maps x to ``clip((x - c) / w + 0.5, 0, 1)``.
+
+    LINEAR: ``((x - (center - 0.5)) / (width - 1) + 0.5)``; LINEAR_EXACT: ``(x - center) / width
+    + 0.5`` (PS3.3 C.11.2.1.2, C.11.2.1.3.2).
+    """
+    return (center - 0.5, width - 1.0) if function == "LINEAR" else (center, width)
 
 
 def _first_window(path: str | PathLike[str], ds: Dataset) -> tuple[float, float, str] | None:
