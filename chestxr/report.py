@@ -97,17 +97,17 @@ def report_model(
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     manifest = dm.load()
     ds = dm.dataset(split, train=False)
-    n = len(ds) if cfg.get("max_scans") is None else min(len(ds), int(cfg["max_scans"]))
+    n = len(ds) if cfg["max_scans"] is None else min(len(ds), int(cfg["max_scans"]))
     ds = torch.utils.data.Subset(ds, range(n))
-    bs = int(cfg.get("batch_size", 16))
+    bs = int(cfg["batch_size"])
     pred = predict_dataset(model, ds, batch_size=bs)
     thresholds = model.thresholds.cpu().numpy()
     decisions = pred["prob"] >= np.where(np.isnan(thresholds), 0.5, thresholds)
     names = model.output_names
     binary = model.hparams.task == "binary"
     pre = dict(model.hparams.preprocess)
-    methods = list(cfg.get("methods", ["gradcam"]))
-    layer = cfg.get("target_layer", "net.layer4")
+    methods = list(cfg["methods"])
+    layer = cfg["target_layer"]
     device = next(model.parameters()).device
     hits = {(o, m): [] for o in names for m in methods}
     strict = {(o, m): [] for o in names for m in methods}
@@ -214,7 +214,7 @@ def faithfulness(
     cfg: DictConfig | dict[str, Any],
 ) -> dict[str, dict[str, Any]]:
     """Randomisation check and deletion curves of each CAM method on a few positive scans."""
-    n_faith = int(cfg.get("faithfulness_scans", 16))
+    n_faith = int(cfg["faithfulness_scans"])
     chosen = [i for i in range(len(ds)) if pred["target"][i, k] == 1][:n_faith]
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
     if not chosen:

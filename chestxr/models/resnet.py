@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from monai.networks.nets import ResNet, resnet18
-from torch import nn
 
 
 def build_resnet18(num_outputs: int, in_channels: int = 1) -> ResNet:
@@ -30,8 +29,3 @@ def build_resnet18(num_outputs: int, in_channels: int = 1) -> ResNet:
         bias_downsample=False,
         shortcut_type="B",
     )
-
-
-def cam_target_layer(net: nn.Module) -> str:
-    """Name of the last residual stage, the layer Grad-CAM reads."""
-    return "layer4"
