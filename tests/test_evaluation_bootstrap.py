@@ -17,7 +17,7 @@ from chestxr.evaluation import (
     paired_auc_difference,
     roc_band,
 )
-from chestxr.evaluation.metrics import weighted_auc
+from chestxr.evaluation.binary_metrics import weighted_auc
 
 
 def _task(n: int, seed: int, signal: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
