@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 from torch.utils.data import DataLoader, Dataset
 
 from chestxr import keys
@@ -81,5 +82,5 @@ def predict_dataset(
         "patient_id": np.asarray(out["patient_id"]),
         "index": np.concatenate(out["index"]),
     }
-    result["prob"] = 1.0 / (1.0 + np.exp(-result["logit"]))
+    result["prob"] = expit(result["logit"])  # no overflow warning at large negative logits
     return result

@@ -236,7 +236,7 @@ def faithfulness(
 
 def report(cfg: DictConfig) -> dict[str, Any]:
     """Report ``cfg.ckpt_path`` on the data config's ``cfg.split`` split."""
-    from chestxr.evaluate import data_for_model
+    from chestxr.evaluation.run import data_for_model
 
     out_dir = ensure_fresh_run_dir(cfg.paths.output_dir)
     model = load_model(cfg.ckpt_path)

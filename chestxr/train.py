@@ -74,7 +74,7 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule: Any) -> dict[st
 @rank_zero_only
 def finish(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, out_dir: Path) -> dict[str, Any]:
     """Store the validation operating point in the best checkpoint, then evaluate and report."""
-    from chestxr.evaluate import evaluate_model, fit_thresholds
+    from chestxr.evaluation.run import evaluate_model, fit_thresholds
     from chestxr.inference import load_model
 
     best = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ from chestxr.evaluation import (
     paired_auc_difference,
     roc_band,
 )
-from chestxr.evaluation.metrics import weighted_auc
+from chestxr.evaluation.binary_metrics import weighted_auc
 
 
 def _task(n: int, seed: int, signal: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -145,3 +146,29 @@ def test_delong_standard_error_matches_scan_bootstrap():
 def test_delong_needs_both_classes():
     with pytest.raises(ValueError, match="both classes"):
         delong_test(np.ones(5), np.linspace(0, 1, 5), np.linspace(0, 1, 5))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_delong_with_a_single_positive_or_negative_gives_no_p_value(flip):
+    # one positive (or, flipped, one negative): the variance over that one case is undefined,
+    # not zero, so no p-value can be given (the old code reported p = 0.59 here)
+    y, a = _task(40, seed=13)
+    y[:] = 0
+    y[7] = 1
+    y = 1 - y if flip else y
+    b = np.clip(a + np.random.default_rng(14).normal(0, 0.2, a.size), 0, 1)
+    res = delong_test(y, a, b)
+    assert res["p_value"] is None and res["z"] is None and res["se"] is None
+    assert "at least 2 positives and 2 negatives" in res["reason"]
+    assert res["auc_a"] == pytest.approx(roc_auc_score(y, a))
+    assert res["delta"] == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b))
+    paired = paired_auc_difference(y, a, b, None, n_resamples=50, seed=0)
+    assert paired["delong"]["p_value"] is None and paired["delong"]["reason"]
+
+
+def test_delong_p_value_is_the_normal_tail_of_z():
+    y, a = _task(300, seed=15)
+    b = np.clip(a + np.random.default_rng(16).normal(0, 0.2, a.size), 0, 1)
+    res = delong_test(y, a, b)
+    assert res["reason"] is None
+    assert res["p_value"] == pytest.approx(math.erfc(abs(res["z"]) / math.sqrt(2)))

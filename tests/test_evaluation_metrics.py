@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -16,15 +17,19 @@ from sklearn.metrics import (
 )
 
 from chestxr.evaluation import (
+    METRICS,
+    SCALAR_METRICS,
     apply_temperature,
     binary_metrics,
     choose_threshold,
     choose_thresholds,
     expected_calibration_error,
     fit_temperature,
+    logit,
     reliability_curve,
     weighted_binary_metrics,
 )
+from chestxr.evaluation.results import schema_description
 
 Y = np.array([1, 0, 1, 1, 0, 0, 1, 0, 0, 1], dtype=float)
 P = np.array([0.9, 0.2, 0.65, 0.4, 0.55, 0.1, 0.8, 0.35, 0.7, 0.3])
@@ -198,3 +203,35 @@ def test_temperature_scaling_recovers_known_temperature(temperature):
     raw = apply_temperature(observed, 1.0)
     assert expected_calibration_error(y, calibrated) < expected_calibration_error(y, raw)
     assert math.isfinite(fitted)
+
+
+def test_sigmoid_and_logit_hold_at_extreme_logits_without_warnings():
+    z = np.array([-1000.0, -40.0, 0.0, 40.0, 1000.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # np.exp(-x) overflowed with a RuntimeWarning here
+        p = apply_temperature(z, 1.0)
+        back = logit(np.array([1e-12, 0.25, 0.5, 0.75]))
+    assert p[0] == 0.0 and p[-1] == 1.0 and p[2] == 0.5
+    assert p[1] == pytest.approx(math.exp(-40.0), rel=1e-12)  # not rounded to 0
+    assert back == pytest.approx([math.log(1e-7 / (1 - 1e-7)), math.log(1 / 3), 0.0, math.log(3)])
+
+
+def test_undefined_metrics_are_none_with_a_reason():
+    m = binary_metrics(np.zeros(6), np.linspace(0.1, 0.9, 6), threshold=0.95)
+    assert m["roc_auc"] is None and m["sensitivity"] is None and m["ppv"] is None
+    assert m["undefined"]["roc_auc"] == "needs both a positive and a negative case"
+    assert m["undefined"]["sensitivity"] == "no positive case"
+    assert m["undefined"]["ppv"] == "no scan predicted positive"
+    assert "specificity" not in m["undefined"] and m["specificity"] == 1.0
+    assert set(m["undefined"]) == {k for k in SCALAR_METRICS if m[k] is None}
+
+
+def test_registry_drives_metrics_bootstrap_and_schema():
+    names = [m.name for m in METRICS]
+    assert tuple(names) == SCALAR_METRICS and len(set(names)) == len(names)
+    y, p = _random_task(120, seed=9)
+    point = binary_metrics(y, p, 0.5)
+    batched = weighted_binary_metrics(y, p, 0.5, np.ones((1, y.size)))
+    assert set(names) <= set(point) and set(batched) == set(names)
+    text = schema_description()
+    assert all(f" {m.name} " in text and m.undefined in text for m in METRICS)

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from chestxr.compare import compare
 from chestxr.evaluation import (
+    METRICS,
     SCHEMA,
     binary_metrics,
     choose_threshold,
@@ -309,3 +310,86 @@ def test_compare_cli_writes_into_hydra_run_dir(tmp_path, repo_root):
     assert proc.returncode == 0, proc.stderr
     saved = _strict_json(run_dir / "comparison.json")
     assert saved["n_resamples"] == 200 and "delong" in saved
+
+
+def test_predictions_csv_neutralises_formulas_and_compare_still_joins(tmp_path, repo_root):
+    d = _data(k=1)
+    paths = list(d["paths"])
+    paths[0] = '=HYPERLINK("http://x.invalid","scan")'
+    pids = d["patient_ids"].copy()
+    pids[:3] = "=1+1"
+    site = d["site"].astype(object)
+    site[0] = "@SUM(A1)"
+    runs = []
+    for name, prob in (("a", d["y_prob"][:, 0]), ("b", d["y_prob"][::-1, 0])):
+        (tmp_path / name).mkdir()
+        write_evaluation(
+            tmp_path / name,
+            y_true=d["y_true"][:, 0],
+            y_prob=prob,
+            names=["pneumonia"],
+            thresholds=[0.5],
+            patient_ids=pids,
+            paths=paths,
+            extra_columns={"site": site},
+            n_bootstrap=0,
+        )
+        runs.append(tmp_path / name / "predictions.csv")
+    lines = runs[0].read_text().splitlines()
+    assert lines[1].startswith("\"'=HYPERLINK(") and ",'=1+1," in lines[1]
+    assert lines[1].endswith(",'@SUM(A1)")
+    assert not any(c.startswith(("=", "+", "@")) for line in lines for c in line.split(","))
+    cfg = _compose([f"a={runs[0]}", f"b={runs[1]}", f"out={tmp_path / 'cmp'}"], repo_root)
+    assert compare(cfg)["n"] == int((~np.isnan(d["y_true"][:, 0])).sum())
+
+
+def test_undefined_numbers_are_null_with_a_reason_in_every_json(tmp_path, repo_root):
+    d = _data(k=1)
+    y = d["y_true"][:, 0].copy()
+    y[~np.isnan(y)] = 0
+    y[5] = 1  # one positive: DeLong's variance is undefined
+    (tmp_path / "ev").mkdir()
+    write_evaluation(
+        tmp_path / "ev",
+        y_true=y,
+        y_prob=d["y_prob"][:, 0],
+        names=["pneumonia"],
+        thresholds=[1.0],  # nothing predicted positive: PPV undefined
+        patient_ids=d["patient_ids"],
+        paths=d["paths"],
+        n_bootstrap=20,
+    )
+    out = _strict_json(tmp_path / "ev" / "metrics.json")["outputs"]["pneumonia"]["metrics"]
+    assert out["ppv"] is None and out["undefined"]["ppv"] == "no scan predicted positive"
+    assert "ppv" in (tmp_path / "ev" / "summary.html").read_text().lower()
+
+    a, b = _two_runs(tmp_path)
+    for src in (a, b):  # keep one positive in both files
+        lines = src.read_text().splitlines()
+        rows = [r.split(",") for r in lines[1:]]
+        for r in rows:
+            r[2] = "" if r[2] == "" else ("1" if r[0].endswith("0005.dcm") else "0")
+        src.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    cfg = _compose([f"a={a}", f"b={b}", f"out={tmp_path / 'cmp'}", "n_bootstrap=50"], repo_root)
+    compare(cfg)
+    delong = _strict_json(tmp_path / "cmp" / "comparison.json")["delong"]
+    assert delong["p_value"] is None and "at least 2 positives" in delong["reason"]
+
+
+def test_summary_html_escapes_names_and_lists_every_registered_metric(tmp_path):
+    d = _data(k=1)
+    write_evaluation(
+        tmp_path,
+        y_true=d["y_true"][:, 0],
+        y_prob=d["y_prob"][:, 0],
+        names=["<script>alert(1)</script>"],
+        thresholds=[0.5],
+        patient_ids=d["patient_ids"],
+        paths=d["paths"],
+        n_bootstrap=0,
+        title="a & b",
+    )
+    html = (tmp_path / "summary.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<title>a &amp; b</title>" in html
+    assert all(f"<td class='l'>{m.label}</td>" in html for m in METRICS)

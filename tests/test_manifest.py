@@ -128,3 +128,12 @@ def test_given_splits_kept_inherited_and_leaks_refused():
     assert s[0] == s[1] == "test" and s[2] == "val"
     with pytest.raises(ManifestError, match="more than one split"):
         assign_splits(pid, y, np.array(["test", "train", "", "", ""]))
+
+
+def test_an_image_listed_twice_is_refused_with_its_rows(tmp_path, images):
+    # the same file twice (once as ./name) would count twice in every metric
+    rows = [[n, "NORMAL" if i % 2 else "PNEUMONIA", f"p{i}"] for i, n in enumerate(images)]
+    rows.append([f"./{images[2]}", "PNEUMONIA", "p2"])
+    path = write_csv(tmp_path / "m.csv", ["path", "label", "patient_id"], rows)
+    with pytest.raises(ManifestError, match=r"listed more than once.*im2\.png.*rows \[4, 8\]"):
+        load_manifest(path, task="binary", classes=["NORMAL", "PNEUMONIA"])

@@ -102,7 +102,7 @@ def test_subgroups_by_generated_columns_appear_in_the_summary(trained):
 
 
 def test_test_threshold_is_the_validation_one(trained):
-    from chestxr.evaluate import fit_thresholds
+    from chestxr.evaluation.run import fit_thresholds
 
     ckpt = trained["run"] / "checkpoints" / "model.ckpt"
     model = load_model(ckpt)

@@ -178,6 +178,25 @@ def _targets_from_labels(
     return lookup[inverse]
 
 
+def _refuse_duplicate_paths(path: Path, paths: np.ndarray) -> None:
+    """Refuse a manifest listing one image twice (it would count twice in every metric).
+
+    Raises:
+        ManifestError: naming the first duplicated image and the CSV rows that list it.
+    """
+    norm = np.asarray([os.path.normpath(p) for p in paths])  # a.png and ./a.png are one image
+    uniq, first, counts = np.unique(norm, return_index=True, return_counts=True)
+    if (counts == 1).all():
+        return
+    dup = counts > 1
+    worst = uniq[dup][np.argmin(first[dup])]
+    rows = (np.flatnonzero(norm == worst) + 2).tolist()
+    raise ManifestError(
+        f"{path}: {int(dup.sum())} image(s) listed more than once; {worst} is on rows {rows} "
+        "(each image must appear once, or it would count twice in the metrics)"
+    )
+
+
 def load_manifest(
     path: str | os.PathLike[str],
     *,
@@ -202,7 +221,8 @@ def load_manifest(
         The manifest as column arrays.
 
     Raises:
-        ManifestError: unreadable CSV, missing column, unknown label or split, missing image files.
+        ManifestError: unreadable CSV, missing column, unknown label or split, an image listed
+            twice, missing image files.
     """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
@@ -239,6 +259,7 @@ def load_manifest(
     root = str(path.parent)
     raw = cols["path"]
     paths = np.asarray([p if os.path.isabs(p) else os.path.join(root, p) for p in raw])
+    _refuse_duplicate_paths(path, paths)
     if check_files:
         absent = [p for p in paths if not os.path.isfile(p)]
         if absent:

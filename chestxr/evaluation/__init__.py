@@ -3,12 +3,26 @@ bootstrap intervals, calibration, paired model comparison, figures and report fi
 
 Conventions: ``y_true`` is (N, K) 0/1 with NaN where a label is unknown (masked per output),
 ``y_prob`` (N, K) probabilities, ``names`` the K output names, ``patient_ids`` (N,) the bootstrap
-unit. A scan is predicted positive when ``prob >= threshold``. The ``metrics.json`` schema is
-documented in :mod:`chestxr.evaluation.outputs`.
+unit. A scan is predicted positive when ``prob >= threshold``.
+
+Modules: ``binary_metrics`` (THE metric registry ``METRICS`` and its point/bootstrap functions),
+``bootstrap`` (patient bootstrap, DeLong), ``calibration``, ``operating_point``, ``results`` (the
+``metrics.json`` content and its schema), ``artefacts`` (the files of a run), ``html`` (the
+``summary.html`` template), ``plots``, ``comparison`` (two models on the same scans) and ``run``
+(evaluate a model on a split: what ``python -m chestxr.evaluate`` and ``train`` call).
 """
 
 from __future__ import annotations
 
+from chestxr.evaluation.artefacts import read_predictions, write_evaluation
+from chestxr.evaluation.binary_metrics import (
+    METRICS,
+    SCALAR_METRICS,
+    BinaryMetrics,
+    Metric,
+    binary_metrics,
+    weighted_binary_metrics,
+)
 from chestxr.evaluation.bootstrap import (
     bootstrap_distribution,
     cluster_bootstrap,
@@ -23,25 +37,16 @@ from chestxr.evaluation.calibration import (
     logit,
     reliability_curve,
 )
-from chestxr.evaluation.metrics import (
-    SCALAR_METRICS,
-    BinaryMetrics,
-    binary_metrics,
-    weighted_binary_metrics,
-)
 from chestxr.evaluation.operating_point import choose_threshold, choose_thresholds
-from chestxr.evaluation.outputs import (
-    SCHEMA,
-    evaluate_predictions,
-    read_predictions,
-    write_evaluation,
-)
 from chestxr.evaluation.plots import plot_confusion_matrix, plot_pr, plot_reliability, plot_roc
+from chestxr.evaluation.results import SCHEMA, evaluate_predictions
 
 __all__ = [
+    "METRICS",
     "SCALAR_METRICS",
     "SCHEMA",
     "BinaryMetrics",
+    "Metric",
     "apply_temperature",
     "binary_metrics",
     "bootstrap_distribution",

@@ -4,9 +4,12 @@ Scans of one patient are correlated, so resampling scans understates the uncerta
 resample draws PATIENTS with replacement (each drawn patient brings all of its scans, as many
 times as it was drawn); intervals are percentile intervals of the resampled metric. A resample
 is held as a weight vector (how often each scan was drawn), so a metric with a vectorised
-``batched(y_true, y_prob, weights)`` method (e.g. ``metrics.BinaryMetrics``) evaluates hundreds
-of resamples per matrix product; any other ``metric_fn(y_true, y_prob)`` is called once per
+``batched(y_true, y_prob, weights)`` method (e.g. ``binary_metrics.BinaryMetrics``) evaluates
+hundreds of resamples per matrix product; any other ``metric_fn(y_true, y_prob)`` is called once per
 resample on the expanded arrays. Both paths see the same resamples.
+
+Kept by hand: ``scipy.stats.bootstrap`` resamples observations, not patients, and calls the
+metric once per resample; no library does the cluster bootstrap with weight vectors.
 
 Randomness comes only from ``numpy.random.default_rng(seed)`` created per call.
 """
@@ -18,9 +21,10 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+from scipy.stats import norm, rankdata
 
 from chestxr.evaluation._arrays import as_label_prob, none_if_nan
-from chestxr.evaluation.metrics import weighted_auc, weighted_roc_counts
+from chestxr.evaluation.binary_metrics import weighted_auc, weighted_roc_counts
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +174,7 @@ def cluster_bootstrap(
 
     Args:
         metric_fn: see :func:`bootstrap_distribution`; pass
-            ``chestxr.evaluation.metrics.BinaryMetrics(threshold)`` for the standard metrics.
+            ``chestxr.evaluation.binary_metrics.BinaryMetrics(threshold)`` for the standard metrics.
         y_true: 1-D labels, 0/1 with NaN masked.
         y_prob: 1-D probabilities.
         groups: patient id per scan (the resampling unit), or None for a per-scan bootstrap.
@@ -220,31 +224,17 @@ def roc_band(
     return {"fpr": grid, "low": low, "high": high}
 
 
-def _normal_two_sided_p(z: float) -> float:
-    return math.erfc(abs(z) / math.sqrt(2.0))
-
-
-def _midranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties given their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], x.size]
-    ranks_sorted = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    ranks = np.empty(x.size)
-    ranks[order] = ranks_sorted
-    return ranks
-
-
 def delong_test(
     y_true: Sequence[float] | np.ndarray,
     prob_a: Sequence[float] | np.ndarray,
     prob_b: Sequence[float] | np.ndarray,
-) -> dict[str, float | None]:
+) -> dict[str, float | str | None]:
     """DeLong test of two correlated ROC AUCs, fast algorithm of Sun & Xu (2014).
 
-    Assumes independent scans (it ignores patient clustering; use the paired patient bootstrap
-    of :func:`paired_auc_difference` when patients have several scans).
+    Kept by hand: no well-kept Python library offers the paired DeLong test (scipy and
+    scikit-learn do not); ranks and the normal tail come from scipy. Assumes independent scans (it
+    ignores patient clustering; use the paired patient bootstrap of :func:`paired_auc_difference`
+    when patients have several scans).
 
     Args:
         y_true: 1-D labels, 0/1 with NaN masked.
@@ -252,8 +242,10 @@ def delong_test(
         prob_b: scores of model B.
 
     Returns:
-        ``{"auc_a", "auc_b", "delta" (a - b), "se", "z", "p_value"}`` (z = 0 and p = 1 when
-        the two score vectors rank every pair identically; z None when only the variance is 0).
+        ``{"auc_a", "auc_b", "delta" (a - b), "se", "z", "p_value", "reason"}``: z = 0 and p = 1
+        when the two score vectors rank every pair identically; z None when only the variance is
+        0. With a single positive or a single negative the variance is undefined: ``se``, ``z``
+        and ``p_value`` are None and ``reason`` says why (``reason`` is None otherwise).
 
     Raises:
         ValueError: a class is absent.
@@ -267,30 +259,40 @@ def delong_test(
     aucs, v01, v10 = [], [], []
     for scores in (pa, pb):
         x, y = scores[pos], scores[neg]
-        tx, ty, tz = _midranks(x), _midranks(y), _midranks(np.r_[x, y])
+        tx, ty, tz = rankdata(x), rankdata(y), rankdata(np.r_[x, y])
         aucs.append((tz[:m].sum() - m * (m + 1) / 2.0) / (m * n))
         v01.append((tz[:m] - tx) / n)
         v10.append(1.0 - (tz[m:] - ty) / m)
-    sx = np.atleast_2d(np.cov(np.stack(v01))) if m > 1 else np.zeros((2, 2))
-    sy = np.atleast_2d(np.cov(np.stack(v10))) if n > 1 else np.zeros((2, 2))
-    cov = sx / m + sy / n
     delta = float(aucs[0] - aucs[1])
-    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
-    if var <= 1e-15:
-        z, p = (0.0, 1.0) if abs(delta) < 1e-12 else (None, 0.0)
-        se = 0.0
-    else:
-        se = math.sqrt(var)
-        z = delta / se
-        p = _normal_two_sided_p(z)
-    return {
+    result: dict[str, float | str | None] = {
         "auc_a": float(aucs[0]),
         "auc_b": float(aucs[1]),
         "delta": delta,
-        "se": se,
-        "z": z,
-        "p_value": p,
+        "se": None,
+        "z": None,
+        "p_value": None,
+        "reason": None,
     }
+    if m < 2 or n < 2:
+        # the variance of the placement values over one case is undefined (not zero)
+        result["reason"] = (
+            f"DeLong's variance needs at least 2 positives and 2 negatives, got {m} positive(s) "
+            f"and {n} negative(s); no p-value"
+        )
+        return result
+    cov = np.cov(np.stack(v01)) / m + np.cov(np.stack(v10)) / n
+    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
+    if var <= 1e-15:
+        result["se"] = 0.0
+        if abs(delta) < 1e-12:
+            result["z"], result["p_value"] = 0.0, 1.0
+        else:
+            result["p_value"] = 0.0
+    else:
+        se = math.sqrt(var)
+        result["se"], result["z"] = se, delta / se
+        result["p_value"] = float(2.0 * norm.sf(abs(delta / se)))
+    return result
 
 
 def paired_auc_difference(

@@ -15,6 +15,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import expit
+from scipy.special import logit as scipy_logit
 
 from chestxr.evaluation._arrays import as_label_prob
 
@@ -99,7 +102,8 @@ def fit_temperature(
     """Fit the temperature T > 0 minimising the NLL of ``sigmoid(logits / T)``.
 
     One T is shared by all outputs when ``logits`` is (N, K). The NLL is convex in 1/T, hence
-    unimodal in log T: a golden-section search over log T in [log 1e-3, log 1e3] finds it.
+    unimodal in log T: scipy's bounded scalar minimiser (Brent's method, golden-section steps)
+    over log T in [log 1e-3, log 1e3] finds it.
 
     Args:
         logits: (N,) or (N, K) pre-sigmoid scores (fit on validation data, not test data).
@@ -126,22 +130,11 @@ def fit_temperature(
         raise ValueError(f"labels must be 0, 1 or NaN, got {bad[:5].tolist()}")
 
     lo, hi = _LOG_T_RANGE
-    ratio = (math.sqrt(5.0) - 1.0) / 2.0
-    a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = _nll(a, z, y), _nll(b, z, y)
-    for _ in range(200):
-        if hi - lo < 1e-10:
-            break
-        if fa <= fb:
-            hi, b, fb = b, a, fa
-            a = lo + (1 - ratio) * (hi - lo)
-            fa = _nll(a, z, y)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = _nll(b, z, y)
-    log_t = (lo + hi) / 2
-    if min(abs(log_t - _LOG_T_RANGE[0]), abs(log_t - _LOG_T_RANGE[1])) < 1e-3:
+    res = minimize_scalar(
+        _nll, bounds=(lo, hi), args=(z, y), method="bounded", options={"xatol": 1e-8}
+    )
+    log_t = float(res.x)
+    if min(abs(log_t - lo), abs(log_t - hi)) < 1e-3:
         log.warning("temperature hit the search bound (T = %.3g): logits look uninformative", log_t)
     return math.exp(log_t)
 
@@ -154,11 +147,9 @@ def apply_temperature(logits: Sequence[float] | np.ndarray, temperature: float) 
     """
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
+    return expit(np.asarray(logits, dtype=np.float64) / temperature)
 
 
 def logit(y_prob: Sequence[float] | np.ndarray, eps: float = 1e-7) -> np.ndarray:
     """Inverse sigmoid of probabilities clipped to ``[eps, 1 - eps]`` (for saved predictions)."""
-    p = np.clip(np.asarray(y_prob, dtype=np.float64), eps, 1.0 - eps)
-    return np.log(p) - np.log1p(-p)
+    return scipy_logit(np.clip(np.asarray(y_prob, dtype=np.float64), eps, 1.0 - eps))

@@ -19,6 +19,26 @@ log = logging.getLogger(__name__)
 RULES = ("youden", "sensitivity", "specificity", "fixed")
 
 
+def check_rule(rule: str, target: float | None = None) -> None:
+    """Check an operating-point rule and its target without any data (see :func:`choose_threshold`).
+
+    Raises:
+        ValueError: unknown rule, or a missing, non-numeric or out-of-range target.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; expected one of {RULES}")
+    if rule == "youden":
+        return
+    try:
+        value = None if target is None or isinstance(target, bool) else float(target)
+    except (TypeError, ValueError):
+        value = None
+    if rule == "fixed" and (value is None or not 0.0 <= value <= 1.0):
+        raise ValueError(f"rule 'fixed' needs a target threshold in [0, 1], got {target!r}")
+    if rule in ("sensitivity", "specificity") and (value is None or not 0 < value <= 1):
+        raise ValueError(f"rule {rule!r} needs a target in (0, 1], got {target!r}")
+
+
 def choose_threshold(
     y_true: Sequence[float] | np.ndarray,
     y_prob: Sequence[float] | np.ndarray,
@@ -48,14 +68,9 @@ def choose_threshold(
         ValueError: unknown rule, missing or out-of-range target, or a class absent from the
             labelled rows.
     """
-    if rule not in RULES:
-        raise ValueError(f"unknown threshold rule {rule!r}; expected one of {RULES}")
+    check_rule(rule, target)
     if rule == "fixed":
-        if target is None or not 0.0 <= float(target) <= 1.0:
-            raise ValueError(f"rule 'fixed' needs a target threshold in [0, 1], got {target!r}")
         return float(target)
-    if rule in ("sensitivity", "specificity") and (target is None or not 0 < float(target) <= 1):
-        raise ValueError(f"rule {rule!r} needs a target in (0, 1], got {target!r}")
 
     labels, probs, _ = as_label_prob(y_true, y_prob)
     n_pos = int(labels.sum())

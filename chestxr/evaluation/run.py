@@ -1,0 +1,191 @@
+"""Evaluate a trained model on a split of its data: thresholds, calibration, files.
+
+The library behind ``python -m chestxr.evaluate`` and the end of ``python -m chestxr.train``:
+:func:`validate_evaluation_config` checks before any training or inference that the evaluation
+can run; :func:`fit_thresholds` chooses the operating point on the validation split;
+:func:`evaluate_model` predicts a split and writes its files (:mod:`chestxr.evaluation.artefacts`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+
+from chestxr.data.datamodule import RadiographDataModule
+from chestxr.evaluation.artefacts import write_evaluation
+from chestxr.evaluation.calibration import apply_temperature, fit_temperature, logit
+from chestxr.evaluation.operating_point import check_rule, choose_threshold
+from chestxr.inference import predict_dataset
+from chestxr.models.module import ChestXRClassifier
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RULE = {"rule": "youden", "target": None}
+
+
+class EvaluationSetupError(ValueError):
+    """An evaluation that cannot run as configured; the message names the key, split or column."""
+
+
+def data_for_model(data_cfg: Mapping, model: ChestXRClassifier) -> RadiographDataModule:
+    """The configured data, read with the preprocessing the model was trained with."""
+    trained = dict(model.hparams.preprocess)
+    if dict(data_cfg.get("preprocess", {})) != trained:
+        log.info("using the checkpoint's preprocessing %s", trained)
+    return instantiate(
+        data_cfg, preprocess=trained, task=model.hparams.task, classes=list(model.hparams.classes)
+    )
+
+
+def validate_evaluation_config(
+    evaluation: Mapping[str, Any],
+    datamodule: RadiographDataModule,
+    operating_point: Mapping[str, Any] | None = None,
+    splits: Iterable[str] = ("val", "test"),
+) -> None:
+    """Check, before training or inference, everything the evaluation will need.
+
+    Call it before ``trainer.fit``: it reads the manifest (and its split assignment) only.
+
+    Args:
+        evaluation: the ``evaluation`` config (``subgroups``, ``n_bootstrap``, ...).
+        datamodule: the data to evaluate.
+        operating_point: the model's ``operating_point`` (``rule``, ``target``); None: Youden.
+        splits: the splits that will be predicted (validation chooses the thresholds).
+
+    Raises:
+        EvaluationSetupError: an unknown operating-point rule or bad target, a subgroup column
+            absent from the manifest, a negative ``n_bootstrap``, or an empty or single-class
+            split (named with its counts).
+    """
+    rule = dict(operating_point or DEFAULT_RULE)
+    try:
+        check_rule(rule.get("rule", "youden"), rule.get("target"))
+    except ValueError as err:
+        raise EvaluationSetupError(f"model.operating_point {rule}: {err}") from err
+    n_bootstrap = evaluation.get("n_bootstrap", 1000)
+    if not isinstance(n_bootstrap, int) or n_bootstrap < 0:
+        raise EvaluationSetupError(
+            f"evaluation.n_bootstrap must be an integer >= 0, got {n_bootstrap!r}"
+        )
+    manifest = datamodule.load()
+    wanted = list(evaluation.get("subgroups") or [])
+    missing = [c for c in wanted if c not in manifest.columns]
+    if missing:
+        raise EvaluationSetupError(
+            f"evaluation.subgroups names column(s) {missing} absent from {manifest.source}; "
+            f"its columns are {sorted(manifest.columns)}"
+        )
+    for split in splits:
+        rows = datamodule.rows(split)
+        if rows.size == 0:
+            raise EvaluationSetupError(
+                f"the {split!r} split of {manifest.source} is empty: it cannot be evaluated "
+                "(give rows split={split} in the manifest or raise data.split fractions)"
+            )
+        targets = manifest.targets[rows]
+        for k, name in enumerate(manifest.output_names):
+            pos = int(np.nansum(targets[:, k] == 1))
+            neg = int(np.nansum(targets[:, k] == 0))
+            if pos == 0 or neg == 0:
+                raise EvaluationSetupError(
+                    f"the {split!r} split of {manifest.source} has {pos} positive and {neg} "
+                    f"negative labelled scan(s) of {name!r} ({rows.size} scans): both classes "
+                    "are needed to choose an operating point and compute AUC"
+                )
+
+
+def fit_thresholds(
+    model: ChestXRClassifier, dm: RadiographDataModule, batch_size: int = 64
+) -> np.ndarray:
+    """Choose each output's decision threshold on the validation split and store it in the model."""
+    rule = dict(model.hparams.operating_point or DEFAULT_RULE)
+    val = predict_dataset(model, dm.dataset("val", train=False), batch_size=batch_size)
+    thresholds = np.array(
+        [
+            choose_threshold(
+                val["target"][:, k],
+                val["prob"][:, k],
+                rule.get("rule", "youden"),
+                rule.get("target"),
+            )
+            for k in range(val["prob"].shape[1])
+        ],
+        dtype=np.float32,
+    )
+    model.thresholds.copy_(torch.as_tensor(thresholds))
+    log.info("operating point (%s on validation): %s", rule, thresholds.tolist())
+    return thresholds
+
+
+def evaluate_model(
+    model: ChestXRClassifier,
+    dm: RadiographDataModule,
+    out_dir: Path,
+    cfg: Mapping[str, Any],
+    split: str = "test",
+) -> dict[str, Any]:
+    """Predict a split and write predictions, metrics, plots and a summary into ``out_dir``.
+
+    The decision thresholds are the model's (chosen on validation after training) or, for a
+    checkpoint without them, chosen on validation now; with ``temperature_scaling`` a temperature
+    fitted on the validation logits calibrates the probabilities (thresholds mapped with them,
+    so decisions are unchanged). Nothing is ever tuned on the evaluated split.
+
+    Raises:
+        EvaluationSetupError: see :func:`validate_evaluation_config` (checked before predicting).
+    """
+    batch_size = cfg.get("batch_size", 64)
+    thresholds = model.thresholds.cpu().numpy()
+    needs_val = bool(np.isnan(thresholds).any() or cfg.get("temperature_scaling"))
+    validate_evaluation_config(
+        cfg, dm, model.hparams.operating_point, splits=[split, "val"] if needs_val else [split]
+    )
+    if np.isnan(thresholds).any():
+        thresholds = fit_thresholds(model, dm, batch_size)
+    rule = {**dict(model.hparams.operating_point or {}), "chosen_on": "validation"}
+    res = predict_dataset(model, dm.dataset(split, train=False), batch_size=batch_size)
+    prob = res["prob"]
+    if cfg.get("temperature_scaling"):
+        val = predict_dataset(model, dm.dataset("val", train=False), batch_size=batch_size)
+        temperature = fit_temperature(val["logit"], val["target"])
+        prob = apply_temperature(res["logit"], temperature)
+        thresholds = apply_temperature(logit(np.clip(thresholds, 1e-7, 1 - 1e-7)), temperature)
+        rule["temperature"] = float(temperature)
+        log.info("temperature scaling: T = %.3f (fitted on validation)", temperature)
+    manifest = dm.load()
+    wanted = list(cfg.get("subgroups") or [])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = write_evaluation(
+        out_dir,
+        y_true=res["target"],
+        y_prob=prob,
+        names=model.output_names,
+        thresholds=np.asarray(thresholds, dtype=np.float64),
+        patient_ids=res["patient_id"],
+        paths=res["path"],
+        extra_columns={c: manifest.columns[c][res["index"]] for c in wanted},
+        subgroups=wanted,
+        n_bootstrap=cfg.get("n_bootstrap", 1000),
+        seed=cfg.get("seed", 0),
+        threshold_rule=rule,
+        class_names=list(model.hparams.classes) if model.hparams.task == "binary" else None,
+        min_group_size=cfg.get("min_group_size", 30),
+    )
+    for name, m in metrics["outputs"].items():
+        log.info(
+            "%s %s: AUC %s, sensitivity %s, specificity %s",
+            split,
+            name,
+            m["metrics"].get("roc_auc"),
+            m["metrics"].get("sensitivity"),
+            m["metrics"].get("specificity"),
+        )
+    log.info("evaluation written to %s", out_dir)
+    return metrics
