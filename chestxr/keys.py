@@ -8,3 +8,4 @@ PATH = "path"  # absolute path of the source file, as a string
 PATIENT_ID = "patient_id"
 INDEX = "index"  # row of the sample in its manifest
 ORIG_SHAPE = "orig_shape"  # (H, W) of the decoded image before resizing
+SEED = "seed"  # seed of the sample's random augmentation, paired with it by the sampler

@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from chestxr import keys
+from chestxr.data.batch_augment import BatchAugment
 from chestxr.data.manifest import Manifest, load_manifest, output_names
 from chestxr.data.splits import assign_splits
-from chestxr.data.transforms import augmentation, compose, preprocessing
+from chestxr.data.transforms import compose, preprocessing
 from chestxr.io import RadiographReadError
 from chestxr.utils.files import atomic_write_text
 
@@ -38,6 +39,22 @@ def preprocess_key(preprocess: dict[str, Any]) -> str:
     """Short hash of the preprocessing settings, naming their cache folder."""
     blob = json.dumps({"reader": READER_VERSION, **preprocess}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def auto_num_workers(cache: str) -> int:
+    """Loader workers that fit the machine.
+
+    Beside a GPU the loader must keep up with thousands of images per second: up to 8 workers,
+    one core left for the main process. On a CPU-only machine the workers and the training step
+    share the same cores, so every CPU-millisecond a worker spends is taken from the step: with a
+    cache (reads in microseconds; augmentation runs on whole batches) none; without, one fewer
+    than the cores.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    if torch.cuda.is_available():
+        return max(1, min(8, cores - 1))
+    return 0 if cache in ("disk", "memory") else max(0, cores - 1)
 
 
 def make_items(manifest: Manifest, rows: np.ndarray | None = None) -> list[dict[str, Any]]:
@@ -86,7 +103,8 @@ class SeededSampler(Sampler):
 
 
 class _Seeded(TorchDataset):
-    """Takes ``(index, seed)`` keys from :class:`SeededSampler`; seeds the random transforms."""
+    """Takes ``(index, seed)`` keys from :class:`SeededSampler`; the seed travels with the sample
+    (``keys.SEED``) to the batched augmentation after the batch reaches the device."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -96,8 +114,9 @@ class _Seeded(TorchDataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        self.dataset.transform.set_random_state(seed=seed)
-        return self.dataset[index]
+        sample = dict(self.dataset[index])
+        sample[keys.SEED] = seed
+        return sample
 
 
 class _Checked(TorchDataset):
@@ -129,10 +148,13 @@ class RadiographDataModule(L.LightningDataModule):
         task: ``binary`` or ``multilabel``.
         classes: ``[NEGATIVE, POSITIVE]`` (binary) or the findings (multilabel).
         preprocess: keyword arguments of :func:`chestxr.data.transforms.preprocessing`.
-        augment: keyword arguments of :func:`chestxr.data.transforms.augmentation`, or None.
+        augment: keyword arguments of :class:`chestxr.data.batch_augment.BatchAugment`, applied to
+            training batches after they reach the device; None for no augmentation.
         split: ``val_fraction``, ``test_fraction``, ``seed`` for rows without a ``split``.
         batch_size: samples per batch (per process under DDP).
-        num_workers: loader worker processes.
+        num_workers: loader worker processes, or ``auto``: none on a CPU-only machine with a
+            cache (a cached scan is read in microseconds, and a worker would take a core from the
+            training step), up to 8 beside a GPU (see :func:`auto_num_workers`).
         cache: ``disk`` (persistent, keyed by the preprocessing settings), ``memory`` or ``none``.
         cache_dir: root folder of the disk cache.
         sampler: ``null`` (shuffle) or ``weighted`` (balance positives and negatives; binary).
@@ -155,7 +177,7 @@ class RadiographDataModule(L.LightningDataModule):
         augment: dict[str, Any] | None = None,
         split: dict[str, Any] | None = None,
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: int | str = "auto",
         cache: str = "disk",
         cache_dir: str | os.PathLike[str] | None = None,
         sampler: str | None = None,
@@ -177,9 +199,10 @@ class RadiographDataModule(L.LightningDataModule):
         self.output_names = output_names(task, self.classes)
         self.preprocess = dict(preprocess)
         self.augment = dict(augment) if augment is not None else None
+        self.batch_augment = BatchAugment(**self.augment) if self.augment is not None else None
         self.split = {"val_fraction": 0.15, "test_fraction": 0.15, "seed": 0, **(split or {})}
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = auto_num_workers(cache) if num_workers == "auto" else int(num_workers)
         self.cache = cache
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self.sampler = sampler
@@ -265,15 +288,16 @@ class RadiographDataModule(L.LightningDataModule):
         return preprocessing(**self.preprocess)
 
     def dataset(self, split: str, train: bool | None = None) -> Dataset:
-        """The MONAI dataset of a split; augmented when ``train`` (default: split == 'train')."""
-        train = split == "train" if train is None else train
+        """The MONAI dataset of a split: preprocessed (cached) scans, never augmented here.
+
+        Training batches are augmented as a whole after they reach the device
+        (:meth:`on_after_batch_transfer`); ``train`` is kept for callers that name the split's role.
+        """
+        del train
         items = make_items(self.load(), self.rows(split))
         if not items:
             raise ValueError(f"the {split!r} split of {self.load().source} is empty")
-        chain = self.preprocessing_transforms()
-        if train and self.augment is not None:
-            chain += augmentation(image_size=self.preprocess["image_size"], **self.augment)
-        return self._wrap(items, compose(chain))
+        return self._wrap(items, compose(self.preprocessing_transforms()))
 
     def _wrap(self, items: list[dict[str, Any]], transform: Compose) -> Dataset:
         """The dataset class of the configured cache (the disk cache is keyed by the settings)."""
@@ -322,6 +346,20 @@ class RadiographDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0 and not shuffle,
             drop_last=shuffle and len(ds) > self.batch_size,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches on their device, each sample by its own seed."""
+        trainer = getattr(self, "trainer", None)
+        if (
+            self.batch_augment is not None
+            and trainer is not None
+            and trainer.training
+            and isinstance(batch, dict)
+            and keys.SEED in batch
+        ):
+            batch = dict(batch)
+            batch[keys.IMAGE] = self.batch_augment(batch[keys.IMAGE], batch[keys.SEED])
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

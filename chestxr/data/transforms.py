@@ -1,9 +1,10 @@
-"""MONAI transform chains: deterministic preprocessing (cacheable), then random augmentation.
+"""MONAI transform chains: deterministic preprocessing (cacheable) and where it puts the image.
 
 Preprocessing decodes the radiograph with chestxr's reader (``LoadRadiographd``), then either keeps
 the aspect ratio (resize the longest side, pad to a square: ``resize="pad"``) or stretches to the
 square (``resize="stretch"``). Intensities stay in [0, 1] as the reader gives them; the network
-normalises them itself with the statistics of its weights. Augmentation keeps laterality: no flips.
+normalises them itself with the statistics of its weights. Train-time augmentation is applied to
+whole batches on their device: :mod:`chestxr.data.batch_augment`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,6 @@ import numpy as np
 from monai.transforms import (
     Compose,
     EnsureTyped,
-    RandAdjustContrastd,
-    RandAffined,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
     Resized,
     SpatialPadd,
     Transform,
@@ -75,46 +72,6 @@ def preprocessing(
         [keys.IMAGE, keys.TARGET], dtype=np.float32, track_meta=False, allow_missing_keys=True
     )
     return [load, *spatial, tensors]
-
-
-def augmentation(
-    prob: float = 0.8,
-    rotate_degrees: float = 7.0,
-    scale: float = 0.1,
-    translate: float = 0.05,
-    contrast_gamma: Sequence[float] = (0.8, 1.25),
-    intensity_scale: float = 0.1,
-    intensity_shift: float = 0.05,
-    image_size: int | None = None,
-) -> list[Transform]:
-    """Random train-time transforms that keep laterality (no flips).
-
-    Args:
-        prob: probability of each random transform.
-        rotate_degrees: maximum in-plane rotation.
-        scale: maximum relative zoom in or out.
-        translate: maximum shift as a fraction of the image side (needs ``image_size``).
-        contrast_gamma: gamma range of the contrast change.
-        intensity_scale: maximum relative brightness scaling.
-        intensity_shift: maximum additive brightness shift.
-        image_size: side of the input, to turn ``translate`` into pixels.
-    """
-    shift = translate * image_size if image_size else 0.0
-    return [
-        RandAffined(
-            keys.IMAGE,
-            prob=prob,
-            rotate_range=np.deg2rad(rotate_degrees),
-            scale_range=(scale, scale),
-            translate_range=(shift, shift),
-            padding_mode="zeros",
-            mode="bilinear",
-        ),
-        RandAdjustContrastd(keys.IMAGE, prob=prob, gamma=tuple(contrast_gamma)),
-        RandScaleIntensityd(keys.IMAGE, factors=intensity_scale, prob=prob),
-        RandShiftIntensityd(keys.IMAGE, offsets=intensity_shift, prob=prob),
-        EnsureTyped(keys.IMAGE, dtype=np.float32, track_meta=False),
-    ]
 
 
 def geometry(orig_shape: Sequence[int], image_size: int, resize: str = "pad") -> dict[str, float]:
