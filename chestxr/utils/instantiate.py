@@ -59,7 +59,16 @@ def _matches(value: Any, hint: Any) -> bool:
 
 
 def _hint_text(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("NoneType", "None")
+    """``int | None`` rather than ``typing.Optional[int]``."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return " | ".join(_hint_text(a) for a in typing.get_args(hint))
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    name = getattr(hint, "__name__", None) if origin is None else None
+    return name or str(hint).replace("typing.", "")
 
 
 def check_types(
