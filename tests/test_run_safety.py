@@ -21,7 +21,7 @@ from chestxr.utils.hardware import resolve_precision
 from chestxr.utils.instantiate import instantiate_group
 from tests.conftest import compose_config
 from tests.test_datamodule import make_set
-from tests.test_finetuning import OPT, SCHED, data, model
+from tests.test_finetuning import data, model
 
 TINY = ["data.num_workers=0", "data.preprocess.image_size=32", "data.batch_size=8"]
 

@@ -90,7 +90,9 @@ def test_fine_tuned_from_imagenet_loads_after_the_weights_are_deleted(tmp_path, 
     # and no download: the hub is not reachable from a hospital's offline machine
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: 1 / 0)
     loaded = load_model(ckpt, device=torch.device("cpu"))
-    assert [str(p) for p in reads] == [str(weights)]  # read once, at the start of the run; not on load
+    assert [str(p) for p in reads] == [
+        str(weights)
+    ]  # read once, at the start of the run; not on load
     hp = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert hp["init_source"]["sha256"] == digest and hp["pretrained"] == str(weights)
     x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
