@@ -1,4 +1,4 @@
-"""``python -m chestxr.export ckpt_path=PATH``: TorchScript / ONNX of a trained model, with a card.
+"""``python -m chestxr.export ckpt_path=PATH`` (``chestxr-export``): TorchScript, ONNX, a card.
 
 The exported network takes ``(B, 1, S, S)`` images in [0, 1] preprocessed as the card says (the
 normalisation is inside it) and returns logits; ``sigmoid`` gives probabilities, compared with the
@@ -24,6 +24,7 @@ from chestxr.utils.files import ensure_fresh_run_dir
 
 log = logging.getLogger(__name__)
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
+CARD = "model_card.json"
 
 
 def model_card(ckpt_path: Path, model: torch.nn.Module, files: dict[str, Path]) -> dict[str, Any]:
@@ -62,7 +63,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     unknown = sorted(set(cfg.formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"formats {unknown} unknown; choose from {sorted(FORMATS)}")
-    out_dir = ensure_fresh_run_dir(cfg.paths.output_dir)
+    out_dir = Path(cfg.paths.output_dir)
+    taken = [n for n in (*FORMATS.values(), CARD) if (out_dir / n).exists()]
+    if taken:  # refuse before writing anything: the card's sha256 must name the files beside it
+        raise FileExistsError(
+            f"{out_dir} already holds an export ({', '.join(taken)}); choose another hydra.run.dir"
+        )
+    out_dir = ensure_fresh_run_dir(out_dir)
     model = load_model(cfg.ckpt_path, device=torch.device("cpu"))
     size = model.hparams.preprocess["image_size"]
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
@@ -73,7 +80,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if "onnx" in cfg.formats:
         files["onnx"] = export_onnx(net, example, out_dir / FORMATS["onnx"], opset=cfg.opset)
     card = model_card(Path(cfg.ckpt_path), model, files)
-    write_model_card(out_dir / "model_card.json", card)
+    write_model_card(out_dir / CARD, card)
     log.info("exported %s to %s", sorted(files), out_dir)
     return card
 

@@ -88,3 +88,12 @@ def test_imagenet_model_config_carries_the_grey_normalisation(tmp_path):
     assert cfg.model.normalization.mean == pytest.approx(mean, abs=1e-4)
     assert cfg.model.normalization.std == pytest.approx(std, abs=1e-4)
     assert cfg.model.pretrained == "imagenet"
+
+
+def test_trainer_saves_checkpoints_atomically(tmp_path):
+    from chestxr.models.checkpoint_io import AtomicCheckpointIO
+
+    cfg = compose_config("train", tmp_path, ["trainer=cpu"])
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    t = instantiate(cfg.trainer, precision=precision, callbacks=[], logger=False)
+    assert isinstance(t.strategy.checkpoint_io, AtomicCheckpointIO)

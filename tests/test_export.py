@@ -88,3 +88,37 @@ def test_model_card_written_once(tmp_path):
     with pytest.raises(TypeError, match="object"):
         write_model_card(tmp_path / "bad.json", {"x": object()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cards"]  # no temporary file left
+
+
+def _untrained_checkpoint(path, seed: int):
+    import lightning as L
+
+    from tests.test_finetuning import model
+
+    torch.manual_seed(seed)
+    m = model()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(m)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_export_into_a_folder_holding_an_export_refuses_before_writing(tmp_path):
+    import hashlib
+
+    from chestxr.export import export
+    from tests.conftest import compose_config
+
+    first = _untrained_checkpoint(tmp_path / "a.ckpt", seed=0)
+    other = _untrained_checkpoint(tmp_path / "b.ckpt", seed=1)
+    cfg = compose_config("export", tmp_path, [f"ckpt_path={first}", "formats=[torchscript]"])
+    export(cfg)
+    out = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"model.pt", "model_card.json"}
+    cfg = compose_config("export", tmp_path, [f"ckpt_path={other}", "formats=[torchscript]"])
+    with pytest.raises(FileExistsError, match=r"already holds an export \(model\.pt"):
+        export(cfg)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    card = json.loads(before["model_card.json"])
+    assert card["files"]["torchscript"]["sha256"] == hashlib.sha256(before["model.pt"]).hexdigest()

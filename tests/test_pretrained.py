@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from chestxr.models.pretrained import (
     init_from_checkpoint,
     init_from_imagenet,
     load_imagenet_state_dict,
+    load_imagenet_weights,
 )
 from chestxr.models.resnet import build_resnet18
 
@@ -267,16 +270,21 @@ def test_online_downloads_into_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     calls = []
 
-    def fake_download(url, **kwargs):
-        calls.append((url, kwargs))
-        return {"w": torch.ones(2)}
+    def fake_download(url, dst, hash_prefix=None, **kwargs):
+        calls.append((url, dst, hash_prefix))
+        torch.save({"w": torch.ones(2)}, dst)
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
-    assert torch.equal(load_imagenet_state_dict()["w"], torch.ones(2))
-    ((url, kwargs),) = calls
-    assert url == IMAGENET_URL
-    assert kwargs["model_dir"] == str(tmp_path / "checkpoints")
-    assert kwargs["map_location"] == "cpu" and kwargs["weights_only"] and kwargs["check_hash"]
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    state, record = load_imagenet_weights()
+    assert torch.equal(state["w"], torch.ones(2))
+    ((url, dst, prefix),) = calls
+    assert url == IMAGENET_URL and prefix == "f37072fd"
+    assert dst == str(tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    assert record == {
+        "kind": "imagenet",
+        "path": dst,
+        "sha256": hashlib.sha256(Path(dst).read_bytes()).hexdigest(),
+    }
 
 
 def _lightning_checkpoint(path, net: torch.nn.Module) -> None:

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
-import math
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from chestxr.utils.files import atomic_write, atomic_write_json
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -37,15 +35,6 @@ def _eval_mode(net: nn.Module) -> Iterator[nn.Module]:
         net.train(was_training)
 
 
-def _temp_beside(path: Path) -> Path:
-    """A fresh temporary file name in ``path``'s folder (so a rename onto ``path`` is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would carry over to the final file
-    return Path(tmp)
-
-
 def export_torchscript(net: nn.Module, example: Tensor, path: str | Path) -> Path:
     """Trace ``net`` in eval mode on ``example`` and save it with ``torch.jit.save``.
 
@@ -61,20 +50,13 @@ def export_torchscript(net: nn.Module, example: Tensor, path: str | Path) -> Pat
     Raises:
         RuntimeError: the traced network's output on ``example`` differs from the eager one.
     """
-    path = Path(path)
-    tmp = _temp_beside(path)
-    try:
-        with _eval_mode(net), torch.no_grad():
-            # check_trace re-traces (6 s for ResNet-18 here); comparing outputs once is the check
-            traced = torch.jit.trace(net, example, check_trace=False)
-            gap = (traced(example) - net(example)).abs().max().item()
-            if not gap <= TRACE_TOLERANCE:
-                raise RuntimeError(f"traced network differs from eager by {gap:g} on the example")
-            torch.jit.save(traced, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with _eval_mode(net), torch.no_grad():
+        # check_trace re-traces (6 s for ResNet-18 here); comparing outputs once is the check
+        traced = torch.jit.trace(net, example, check_trace=False)
+        gap = (traced(example) - net(example)).abs().max().item()
+        if not gap <= TRACE_TOLERANCE:
+            raise RuntimeError(f"traced network differs from eager by {gap:g} on the example")
+        return atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)), overwrite=True)
 
 
 def export_onnx(
@@ -103,41 +85,21 @@ def export_onnx(
                 "onnxruntime to run the file)",
                 name=package,
             )
-    path = Path(path)
-    tmp = _temp_beside(path)
-    try:
-        with _eval_mode(net), torch.no_grad():
-            torch.onnx.export(
-                net,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=opset,
-                dynamo=dynamo,
-            )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
+    def write(tmp: Path) -> None:
+        torch.onnx.export(
+            net,
+            (example,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            dynamo=dynamo,
+        )
 
-def _jsonable(value: Any) -> Any:
-    """``value`` with paths as strings, tensors/arrays as lists, non-finite floats as ``None``."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "tolist") and callable(value.tolist):  # numpy and torch scalars/arrays
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    raise TypeError(f"model card value {value!r} of type {type(value).__name__} is not JSON-able")
+    with _eval_mode(net), torch.no_grad():
+        return atomic_write(path, write, overwrite=True)
 
 
 def write_model_card(path: str | Path, card: dict[str, Any]) -> Path:
@@ -160,20 +122,4 @@ def write_model_card(path: str | Path, card: dict[str, Any]) -> Path:
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"model card already exists, not overwriting: {path}")
-    text = json.dumps(_jsonable(card), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    tmp = _temp_beside(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        try:
-            os.link(tmp, path)  # atomic and fails if path appeared meanwhile
-        except FileExistsError:
-            raise FileExistsError(f"model card already exists, not overwriting: {path}") from None
-        except OSError:  # file systems without hard links
-            if path.exists():
-                raise FileExistsError(
-                    f"model card already exists, not overwriting: {path}"
-                ) from None
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_json(path, card, sort_keys=True)

@@ -77,6 +77,11 @@ class ChestXRClassifier(L.LightningModule):
         operating_point: ``rule`` (``youden``, ``sensitivity``, ``specificity``, ``fixed``) and
             ``target``, applied on the validation split after training.
         channels_last: use the channels-last memory format (faster convolutions on CPU and GPU).
+        init_source: where the initial weights came from (``kind``, ``path``, ``sha256``), as
+            recorded in a checkpoint's hyperparameters. chestxr fills it in when it reads
+            ``pretrained`` or ``init_checkpoint``; when it is given, the weights come from a
+            checkpoint's state dict, so the source is not read again (a checkpoint is
+            self-contained: it loads after the source is deleted, and never downloads).
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class ChestXRClassifier(L.LightningModule):
         finetune: dict[str, Any] | None = None,
         operating_point: dict[str, Any] | None = None,
         channels_last: bool = True,
+        init_source: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Hyperparameters are stored as plain containers so checkpoints load with weights_only.
@@ -129,7 +135,7 @@ class ChestXRClassifier(L.LightningModule):
                 f"model.finetune.strategy must be one of {STRATEGIES}, "
                 f"got {self.finetune['strategy']!r}"
             )
-        self._init_weights(pretrained, init_checkpoint)
+        self._init_weights(pretrained, init_checkpoint, _plain(init_source))
         if self.finetune["strategy"] == "linear_probe":
             for p in self.backbone_parameters():
                 p.requires_grad_(False)
@@ -138,20 +144,31 @@ class ChestXRClassifier(L.LightningModule):
         self._outputs: list[tuple[Tensor, Tensor]] = []
 
     # -- weights -------------------------------------------------------------------------------
-    def _init_weights(self, pretrained: str | None, init_checkpoint: str | None) -> None:
+    def _init_weights(
+        self,
+        pretrained: str | None,
+        init_checkpoint: str | None,
+        init_source: dict[str, Any] | None,
+    ) -> None:
+        """Read the initial weights once and record their source in the hyperparameters."""
         if pretrained and init_checkpoint:
             raise ValueError("give model.pretrained or model.init_checkpoint, not both")
+        if init_source is not None:  # restored from a checkpoint: its state dict has the weights
+            log.debug("initial weights were %s; not read again", init_source)
+            return
+        k = len(self.output_names)
         if pretrained:
-            from chestxr.models.pretrained import init_from_imagenet, load_imagenet_state_dict
+            from chestxr.models.pretrained import init_from_imagenet, load_imagenet_weights
 
-            source = None if pretrained == "imagenet" else pretrained
-            init_from_imagenet(
-                self.net, load_imagenet_state_dict(source), num_outputs=len(self.output_names)
-            )
+            state, record = load_imagenet_weights(None if pretrained == "imagenet" else pretrained)
+            init_from_imagenet(self.net, state, num_outputs=k)
         elif init_checkpoint:
             from chestxr.models.pretrained import init_from_checkpoint
 
-            init_from_checkpoint(self.net, init_checkpoint, num_outputs=len(self.output_names))
+            record = init_from_checkpoint(self.net, init_checkpoint, num_outputs=k)["source"]
+        else:
+            return
+        self.hparams["init_source"] = record
 
     def backbone_parameters(self) -> list[torch.nn.Parameter]:
         return [p for n, p in self.net.named_parameters() if not n.startswith("fc.")]

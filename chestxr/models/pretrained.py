@@ -36,6 +36,8 @@ equals the RGB net on ``x`` repeated over RGB, exactly.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -92,13 +94,30 @@ def hub_checkpoint_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_URL.rsplit("/", 1)[-1]
 
 
-def load_imagenet_state_dict(
+def read_state_file(path: str | Path) -> tuple[object, str]:
+    """Load a weights file with ``weights_only=True``, reading it once; returns it and its sha256.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    data = path.read_bytes()
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return state, hashlib.sha256(data).hexdigest()
+
+
+def load_imagenet_weights(
     source: str | Path | None = None,
     *,
     cache_dir: str | Path | None = None,
     online: bool = True,
-) -> dict[str, Tensor]:
-    """torchvision's ImageNet ResNet-18 state dict, from a file, the hub cache, or the network.
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """torchvision's ImageNet ResNet-18 state dict and a record of where it came from.
+
+    The file is read once; the record (``kind``, ``path``, ``sha256``) goes into the model's
+    hyperparameters so a checkpoint says what it started from without needing the file again.
 
     Args:
         source: a local ``.pth`` file; ``None`` looks in ``cache_dir`` (default: the torch hub
@@ -107,7 +126,7 @@ def load_imagenet_state_dict(
         online: allow the download when the file is not cached.
 
     Returns:
-        The state dict, on CPU, loaded with ``weights_only=True``.
+        ``(state_dict, record)``; the state dict on CPU, loaded with ``weights_only=True``.
 
     Raises:
         FileNotFoundError: ``source`` does not exist, or the file is not cached and ``online`` is
@@ -119,7 +138,6 @@ def load_imagenet_state_dict(
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"ImageNet weights file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
     else:
         path = (
             Path(cache_dir) / IMAGENET_URL.rsplit("/", 1)[-1]
@@ -127,26 +145,33 @@ def load_imagenet_state_dict(
             else hub_checkpoint_path()
         )
         hint = f"download {IMAGENET_URL} to {path}, or set model.pretrained=false (from scratch)"
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        elif not online:
-            raise FileNotFoundError(f"ImageNet weights not cached at {path} and offline: {hint}")
-        else:
-            try:
-                state = torch.hub.load_state_dict_from_url(
-                    IMAGENET_URL,
-                    model_dir=str(path.parent),
-                    map_location="cpu",
-                    check_hash=True,
-                    weights_only=True,
+        if not path.is_file():
+            if not online:
+                raise FileNotFoundError(
+                    f"ImageNet weights not cached at {path} and offline: {hint}"
                 )
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                prefix = IMAGENET_URL.rsplit("-", 1)[-1].split(".")[0]
+                torch.hub.download_url_to_file(IMAGENET_URL, str(path), hash_prefix=prefix)
             except OSError as err:  # URLError and socket errors are OSErrors
                 raise ConnectionError(f"ImageNet weights download failed ({err}): {hint}") from err
+    state, digest = read_state_file(path)
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         kind = type(state).__name__
         raise ValueError(f"{path} does not hold a state dict of tensors (got a {kind})")
-    logger.info("ImageNet ResNet-18 weights loaded from %s", path)
-    return dict(state)
+    logger.info("ImageNet ResNet-18 weights loaded from %s (sha256 %s)", path, digest[:12])
+    return dict(state), {"kind": "imagenet", "path": str(path), "sha256": digest}
+
+
+def load_imagenet_state_dict(
+    source: str | Path | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    online: bool = True,
+) -> dict[str, Tensor]:
+    """torchvision's ImageNet ResNet-18 state dict; :func:`load_imagenet_weights` without record."""
+    return load_imagenet_weights(source, cache_dir=cache_dir, online=online)[0]
 
 
 def fold_rgb_stem(
@@ -319,7 +344,8 @@ def init_from_checkpoint(
             hyperparameters hold objects other than primitives.
 
     Returns:
-        ``{"adapted": [], "dropped": [keys], "loaded": number of tensors written}``.
+        ``{"adapted": [], "dropped": [keys], "loaded": number of tensors written, "source":
+        {"kind": "chestxr_checkpoint", "path", "sha256"}}`` (the file is read once).
 
     Raises:
         FileNotFoundError: no file at ``ckpt_path``.
@@ -329,7 +355,12 @@ def init_from_checkpoint(
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
+    if weights_only:
+        ckpt, digest = read_state_file(path)
+    else:
+        data = path.read_bytes()
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        digest = hashlib.sha256(data).hexdigest()
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' mapping)")
     full = ckpt["state_dict"]
@@ -341,7 +372,9 @@ def init_from_checkpoint(
     other = sorted(k for k in full if not k.startswith(CHECKPOINT_PREFIX))
     if other:
         logger.info("Checkpoint keys outside %r not loaded: %s", CHECKPOINT_PREFIX, other)
-    return _load_strict(net, source, adapted={}, origin=f"checkpoint {path.name}")
+    report = _load_strict(net, source, adapted={}, origin=f"checkpoint {path.name}")
+    report["source"] = {"kind": "chestxr_checkpoint", "path": str(path), "sha256": digest}
+    return report
 
 
 def _check_outputs(net: nn.Module, num_outputs: int) -> None:

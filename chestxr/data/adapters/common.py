@@ -16,13 +16,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from chestxr.data.splits import assign_splits
+from chestxr.utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -87,17 +87,14 @@ def write_manifest(
         raise ValueError(f"manifest columns must start with path, label, patient_id, got {columns}")
     if not rows:
         raise ValueError(f"refusing to write an empty manifest to {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp_name, out)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    atomic_write(out, write, overwrite=overwrite)
     logger.info("wrote %d rows to %s", len(rows), out)
     return out
 
