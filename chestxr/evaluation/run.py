@@ -90,15 +90,26 @@ def validate_evaluation_config(
                 "(give rows split={split} in the manifest or raise data.split fractions)"
             )
         targets = manifest.targets[rows]
+        one_class = []
         for k, name in enumerate(manifest.output_names):
             pos = int(np.nansum(targets[:, k] == 1))
             neg = int(np.nansum(targets[:, k] == 0))
             if pos == 0 or neg == 0:
-                raise EvaluationSetupError(
-                    f"the {split!r} split of {manifest.source} has {pos} positive and {neg} "
-                    f"negative labelled scan(s) of {name!r} ({rows.size} scans): both classes "
-                    "are needed to choose an operating point and compute AUC"
-                )
+                one_class.append(f"{name!r}: {pos} positive, {neg} negative")
+        if len(one_class) == len(manifest.output_names):
+            raise EvaluationSetupError(
+                f"the {split!r} split of {manifest.source} ({rows.size} scans) holds one class "
+                f"only for every output ({'; '.join(one_class)}): both classes are needed to "
+                "choose an operating point and compute AUC"
+            )
+        if one_class:  # multi-label: the other findings can still be scored
+            log.warning(
+                "the %r split of %s holds one class only for %s: their AUC and operating point "
+                "will be undefined (null with a reason)",
+                split,
+                manifest.source,
+                "; ".join(one_class),
+            )
 
 
 def fit_thresholds(
