@@ -126,7 +126,9 @@ def test_single_class_and_empty_splits_are_refused_with_counts(setup, tmp_path):
     val = [("normal", "val"), ("normal", "val")]
     one_class_val = [*train, *val, ("opacity", "test"), ("normal", "test")]
     dm = _dm(_manifest(tmp_path, one_class_val))
-    with pytest.raises(EvaluationSetupError, match=r"'val' split .* one class only .*0 positive, 2 negative"):
+    with pytest.raises(
+        EvaluationSetupError, match=r"'val' split .* one class only .*0 positive, 2 negative"
+    ):
         validate_evaluation_config(_evaluation(setup), dm)
 
     (tmp_path / "b").mkdir()
