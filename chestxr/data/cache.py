@@ -198,13 +198,19 @@ class CacheStore:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     # -- reading -------------------------------------------------------------------------------
-    def get(self, source: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]] | None:
+    def get(
+        self, source: str | os.PathLike[str], *, key: str | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]] | None:
         """The cached float32 image and metadata of ``source``; None when absent or unusable.
 
         A corrupt entry (shard missing, truncated or altered) is logged as a warning naming the
         source file and the shard, and reported as absent.
+
+        Args:
+            source: the source file.
+            key: the entry key, when the caller has it (default: :meth:`key` of ``source``).
         """
-        key = self.key(source)
+        key = key or self.key(source)
         if key is None:
             return None
         row = (
@@ -261,12 +267,18 @@ class CacheStore:
 
     # -- writing -------------------------------------------------------------------------------
     def put(
-        self, source: str | os.PathLike[str], image: np.ndarray, meta: Mapping[str, Any]
+        self,
+        source: str | os.PathLike[str],
+        image: np.ndarray,
+        meta: Mapping[str, Any],
+        *,
+        key: str | None = None,
     ) -> np.ndarray:
         """Store ``image`` (float) and JSON-able ``meta`` for ``source``; returns the image as
         stored (de-quantised), which is what later reads give.
 
         Nothing is stored when ``source`` cannot be stat'ed (the image is still returned).
+        ``key`` as in :meth:`get`.
 
         Raises:
             CacheError: the shard or index cannot be written (full disk...); names the file.
@@ -277,7 +289,7 @@ class CacheStore:
             dtype, payload, stored = "u2", codes.tobytes(), dequantise(codes, lo, hi)
         else:
             dtype, payload, lo, hi, stored = "f4", image.tobytes(), 0.0, 0.0, image
-        key = self.key(source)
+        key = key or self.key(source)
         if key is None:
             return stored
         shape = json.dumps(list(image.shape))
