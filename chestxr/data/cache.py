@@ -245,24 +245,34 @@ class CacheStore:
         return image, json.loads(meta)
 
     def _payload(self, shard: str, offset: int, nbytes: int) -> tuple[bytes | None, str]:
-        """The entry's bytes, or None and why not."""
+        """The entry's bytes, or None and why not.
+
+        The shard's current size is checked before every read, so a shard truncated under a
+        running process gives a rebuilt entry, not a bus error from the stale map.
+        """
+        end = offset + nbytes
+        path = self.folder / shard
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None, "its shard is missing"
+        if size == 0:
+            return None, "its shard is empty"
+        if end > size:
+            return None, f"its shard is truncated ({size} bytes, the entry ends at {end})"
         m = self._maps.get(shard)
-        if m is None or offset + nbytes > len(m):  # not mapped yet, or grown since
+        if m is None or end > len(m) or len(m) > size:  # not mapped yet, grown or shrunk since
             if m is not None:
                 m.close()
                 del self._maps[shard]
             try:
-                with open(self.folder / shard, "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    if size == 0:
-                        return None, "its shard is empty"
+                with open(path, "rb") as f:
                     m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            except FileNotFoundError:
-                return None, "its shard is missing"
+            except (FileNotFoundError, ValueError):
+                return None, "its shard is missing or empty"
             self._maps[shard] = m
-        if offset + nbytes > len(m):
-            end = offset + nbytes
-            return None, f"its shard is truncated ({len(m)} bytes, the entry ends at {end})"
+            if end > len(m):
+                return None, f"its shard is truncated ({len(m)} bytes, the entry ends at {end})"
         return bytes(m[offset : offset + nbytes]), ""
 
     # -- writing -------------------------------------------------------------------------------
