@@ -248,6 +248,40 @@ def test_two_writers_share_one_cache_folder(tmp_path, caplog):
         assert float((image - truth[name]).abs().max()) <= QUANT
 
 
+def test_a_new_shard_is_never_taken_by_another_writer(tmp_path, monkeypatch):
+    """Another writer looking for a shard while one is being created does not take it (it used
+    to: the creator then blocked on the shard's lock for as long as the other writer lived)."""
+    from chestxr.data import cache as cache_mod
+
+    src = tmp_path / "a.png"
+    write_png(src, 0)
+    first = cache_mod.CacheStore(tmp_path / "c", settings="s")
+    other = cache_mod.CacheStore(tmp_path / "c", settings="s")
+    taken: list[tuple[str, int]] = []
+    real_flock = cache_mod.fcntl.flock
+    busy = []
+
+    def flock(fd: int, op: int) -> None:
+        if not busy:  # the creator's first lock: the other writer looks for a shard right now
+            busy.append(fd)
+            taken.append(other._take_shard())
+        real_flock(fd, op | cache_mod.fcntl.LOCK_NB)  # a conflict fails here instead of hanging
+
+    monkeypatch.setattr(cache_mod.fcntl, "flock", flock)
+    first.put(src, np.zeros((1, 4, 4), dtype=np.float32), {})
+    assert taken and first._writer is not None
+    mine = first._writer[0]
+    assert taken[0][0] != mine  # two writers, two shards
+    monkeypatch.undo()
+    os.close(taken[0][1])
+    first.close()
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if "index" not in p.name) == sorted(
+        [mine, taken[0][0]]
+    )  # both shards under their final names, nothing left half-created
+    back, _ = first.get(src)
+    assert (back == 0).all()
+
+
 def test_unusable_cache_folder_is_named(tmp_path):
     from chestxr.data.cache import CacheError
 

@@ -370,14 +370,25 @@ class CacheStore:
             if os.fstat(fd).st_size < self.shard_bytes:
                 return path.name, fd
             os.close(fd)
+        # created under a name other writers do not look at, locked, then renamed (the lock
+        # stays): a new shard is never seen unlocked, so no other process can take it first
         name = f"shard-{uuid.uuid4().hex}.bin"
+        part = self.folder / f".{name}.part"
         try:
-            fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as err:
             raise CacheError(
                 err.errno, f"cannot create a preprocessing cache shard in {self.folder}: {err}"
             ) from err
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(part, self.folder / name)
+        except OSError as err:
+            os.close(fd)
+            raise CacheError(
+                err.errno,
+                f"cannot create the preprocessing cache shard {self.folder / name}: {err}",
+            ) from err
         return name, fd
 
     def close(self) -> None:
