@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sklearn.metrics import roc_auc_score
 
 from chestxr import keys
 from chestxr.data.datamodule import RadiographDataModule
@@ -173,40 +172,69 @@ def test_corrupt_entry_is_rebuilt_with_a_warning_naming_the_source(tmp_path, cap
     assert not caplog.records
 
 
-def test_corrupt_cache_gives_the_metrics_of_an_uncached_run(tmp_path, caplog):
-    """A fixed network scores the validation scans equally from a corrupted cache and from none."""
+def _same(a: object, b: object, path: str = "") -> None:
+    """Equal structures; numbers equal to 1e-4 (16-bit inputs move probabilities by ~1e-6)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            _same(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{path}/{i}")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, abs=1e-4, nan_ok=True), path
+    else:
+        assert a == b, path
+
+
+def test_corrupt_cache_gives_the_metrics_of_an_uncached_run(tmp_path, caplog, monkeypatch):
+    """End to end: the project's model evaluated on the test split (metrics, bootstrap intervals,
+    files written) from a corrupted cache gives the metrics of ``cache=none``, and every corrupt
+    test entry was rebuilt with a warning naming its source file."""
+    from chestxr.evaluate import evaluate_model
+    from tests.test_finetuning import model as make_model
+
+    # fp32 inference on every CPU (bf16, where native, rounds inputs to 8 bits: not the question)
+    monkeypatch.setattr("chestxr.inference.best_precision", lambda *_: "32-true")
     manifest = make_set(tmp_path, n=24)
     cache = tmp_path / "c"
-    images(manifest, cache)
-    for f in cache_files(cache):
+    filled = module(manifest, cache)
+    ds = filled.dataset("test")
+    for i in range(len(ds)):
+        ds[i]
+    filled.cache_store().close()
+    for f in cache_files(cache):  # alter one byte in 97: every entry (8 KiB) is hit
         data = bytearray(f.read_bytes())
         data[::97] = bytes((b ^ 0x5A) for b in data[::97])
         f.write_bytes(bytes(data))
     torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 5, stride=2),
-        torch.nn.ReLU(),
-        torch.nn.Flatten(),
-        torch.nn.LazyLinear(1),
-    )
+    net = make_model().eval()
+    cfg = {"n_bootstrap": 50, "seed": 0, "min_group_size": 2}
 
-    def scores(mode: str) -> tuple[np.ndarray, np.ndarray]:
-        dm = module(manifest, cache, mode)
-        dm.setup("validate")
-        out, ys = [], []
-        with torch.no_grad():
-            for batch in dm.val_dataloader():
-                out.append(torch.sigmoid(net(batch[keys.IMAGE]))[:, 0])
-                ys.append(batch[keys.TARGET][:, 0])
-        return torch.cat(out).numpy(), torch.cat(ys).numpy()
+    runs: list[str] = []
 
-    p_none, y = scores("none")
-    with caplog.at_level(logging.WARNING):
-        p_disk, y_disk = scores("disk")
-    assert caplog.records  # the corruption was seen
-    assert np.array_equal(y, y_disk)
-    assert np.abs(p_disk - p_none).max() < 1e-4
-    assert roc_auc_score(y, p_disk) == roc_auc_score(y, p_none)
+    def metrics(mode: str) -> dict:
+        runs.append(mode)
+        out = tmp_path / f"eval-{len(runs)}-{mode}"
+        return evaluate_model(net, module(manifest, cache, mode), out, cfg, split="test")
+
+    plain = metrics("none")
+    with caplog.at_level(logging.WARNING, logger="chestxr.data.cache"):
+        cached = metrics("disk")
+    warned = " ".join(r.getMessage() for r in caplog.records if r.name == "chestxr.data.cache")
+    dm = module(manifest, cache)
+    sources = {str(p) for p in dm.load().paths[dm.rows("test")]}
+    missing = sorted(s for s in sources if s not in warned)
+    assert sources and not missing, missing
+    _same(cached, plain)
+    for name, m in cached["outputs"].items():  # the decisions themselves are identical
+        for key in ("roc_auc", "sensitivity", "specificity"):
+            assert m["metrics"][key] == plain["outputs"][name]["metrics"][key], key
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="chestxr.data.cache"):
+        _same(metrics("disk"), plain)  # rebuilt for good: no more warnings
+    assert not [r for r in caplog.records if r.name == "chestxr.data.cache"]
 
 
 def _fill(manifest: str, cache: str, order: int, queue) -> None:
