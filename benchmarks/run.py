@@ -9,7 +9,8 @@ read the ratios), warm-up excluded, median over repeats. Sections:
    its cached pass, and the cached pass with the training augmentation;
 3. inference: ``predict_dataset`` with and without Grad-CAM over a bare forward, each in a fresh
    process for its peak resident memory;
-4. manifest scale: ``bench_manifest.main`` (200,000 rows) in a fresh process.
+4. manifest scale: ``bench_manifest.main`` (200,000 rows) in a fresh process;
+5. cache scale: ``bench_cache.main`` (a 200,000-entry store of 32 x 32 images) in a fresh process.
 
 Run: ``python benchmarks/run.py`` (< 15 min on 2 cores) or ``--quick`` (tiny sizes, < 2 min).
 Writes ``benchmarks/results/benchmarks.json`` (``benchmarks_quick.json`` with ``--quick``).
@@ -41,12 +42,13 @@ import numpy as np
 import pydicom
 import torch
 import torch.nn.functional as F
-from monai.data import Dataset, PersistentDataset
+from monai.data import Dataset
 from monai.transforms import Compose, LoadImage, Resize, ScaleIntensity
 from omegaconf import OmegaConf
 
 from chestxr import keys
 from chestxr.data.batch_augment import BatchAugment
+from chestxr.data.cache import CachedDataset, CacheStore
 from chestxr.data.datamodule import RadiographDataModule, make_items
 from chestxr.data.manifest import load_manifest
 from chestxr.data.synthetic import ensure_synthetic
@@ -87,6 +89,7 @@ class Sizes:
     dicom_size: tuple[int, int] = (1536, 2048)
     repeats: int = 3  # passes over the DICOMs (median)
     manifest_rows: int = 200_000
+    cache_entries: int = 200_000  # section 5: entries of 32 x 32 px in one store
 
 
 QUICK = Sizes(
@@ -101,6 +104,7 @@ QUICK = Sizes(
     dicom_size=(256, 320),
     repeats=1,
     manifest_rows=20_000,
+    cache_entries=20_000,
 )
 
 
@@ -375,21 +379,28 @@ def _pipeline(sizes: Sizes, work: Path) -> dict[str, Any]:
         ]
     )
 
+    def disk_cached(chosen: list[dict[str, Any]], transforms: list, folder: Path) -> CachedDataset:
+        store = CacheStore(folder, settings="bench")
+        kw = {"image_key": keys.IMAGE, "typed_keys": [keys.TARGET]}
+        return CachedDataset(chosen, compose(transforms), store, **kw)
+
     def first_pass(k: int) -> None:  # into a fresh, empty disk cache each time
         folder = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
-        ds = PersistentDataset(items[:k], compose(chain), cache_dir=folder)
+        ds = disk_cached(items[:k], chain, folder)
         over(list(range(k)), ds.__getitem__)(k)
+        ds.store.close()
         shutil.rmtree(folder)
 
     filled = work / "filled"
-    cached = PersistentDataset(items, compose(chain), cache_dir=filled)
+    cached = disk_cached(items, chain, filled)
     over(list(range(n)), cached.__getitem__)(n)  # fill the cache (untimed)
+    stored = cached.store.stats()
     batch_augment = BatchAugment(**augment)
 
     def cached_augmented(k: int) -> None:  # the training path: cached reads, batched augmentation
         for start in range(0, k, sizes.batch):
             idx = range(start, min(k, start + sizes.batch))
-            images = torch.stack([cached[i][keys.IMAGE] for i in idx])
+            images = torch.stack([torch.as_tensor(cached[i][keys.IMAGE]) for i in idx])
             batch_augment(images, list(idx))
 
     ways = {
@@ -406,6 +417,7 @@ def _pipeline(sizes: Sizes, work: Path) -> dict[str, Any]:
     )
     out = {name: rate(n, t) for name, t in times.items()}
     log.info("2: %s", {n: round(v, 1) for n, v in out.items()})
+    out["cache_bytes_per_scan"] = stored["shard_bytes"] / n
     return {"n_files": n, "size_range": list(sizes.dicom_size), "threads": 1, **preprocess, **out}
 
 
@@ -487,6 +499,10 @@ def run_section(section: str, sizes: Sizes) -> dict[str, Any]:
         import bench_manifest  # benchmarks/bench_manifest.py, next to this script
 
         return {**bench_manifest.main(sizes.manifest_rows), "peak_rss": peak_rss_mb()}
+    if section == "cache":
+        import bench_cache  # benchmarks/bench_cache.py
+
+        return bench_cache.main(sizes.cache_entries)
     return inference(sizes, section)
 
 
@@ -501,8 +517,8 @@ def _met(ok: bool) -> str:
 
 def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """Table rows: section, measurement, value, ratio to its baseline, target."""
-    train, fit, pipe, inf, man = (
-        r[k] for k in ("train", "lightning", "pipeline", "inference", "manifest")
+    train, fit, pipe, inf, man, cache = (
+        r[k] for k in ("train", "lightning", "pipeline", "inference", "manifest", "cache")
     )
     out = []
     fp32 = train["variants"]["fp32"]["images_per_s"]
@@ -557,6 +573,10 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     out.append(
         ("2", "cached / first pass", f"{cached_first:.1f}", "", f">= 5: {_met(cached_first >= 5)}")
     )
+    per_scan = pipe["cache_bytes_per_scan"]
+    float_bytes = 4 * pipe["image_size"] ** 2
+    label = f"disk cache bytes per scan at {pipe['image_size']} px (16-bit)"
+    out.append(("2", label, f"{per_scan:,.0f} B", f"{per_scan / float_bytes:.2f} x float32", ""))
     for name in ("cached", "cached_augmented"):
         feed = 2 * pipe[name]
         out.append(
@@ -588,6 +608,16 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             f"{man['total_s']:.1f} s, peak {man['peak_rss_mb']:.0f} MB",
             "",
             f"< 10 s, < 1 GB: {_met(ok)}",
+        )
+    )
+    out.append(
+        (
+            "5 cache",
+            f"{cache['entries']:,}-entry store of {cache['px']} px images: build, random reads",
+            f"{cache['build_s']:.0f} s ({cache['build_per_s']:.0f}/s), "
+            f"reads {cache['read_per_s']:.0f}/s, peak {cache['peak_rss_mb']:.0f} MB",
+            f"{cache['shards']} shard(s), index {cache['index_bytes_per_entry']:.0f} B/entry",
+            "",
         )
     )
     return out
@@ -649,6 +679,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         r["inference"][kind] = in_subprocess(kind, args.quick)
     log.info("4: manifest scale (subprocess)")
     r["manifest"] = in_subprocess("manifest", args.quick)
+    log.info("5: cache scale (subprocess)")
+    r["cache"] = in_subprocess("cache", args.quick)
     r["loadavg_end"] = list(os.getloadavg())
     r["wall_s"] = time.perf_counter() - t0
     r["table"] = table(r)

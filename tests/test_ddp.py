@@ -52,7 +52,11 @@ def test_ddp_cpu_gathers_predictions_for_auc(tmp_path):
     m = make_model()
     trainer.fit(m, datamodule=dm)
     logged = float(trainer.callback_metrics["val/auc"])
-    val = predict_dataset(m.eval(), dm.dataset("val", train=False), batch_size=8)
+    # the trainer ran at 32-true: so must the recomputation (predict_dataset's default is bf16 on
+    # CPUs with native bf16, whose 8-bit mantissa ties close predictions and changes the AUC)
+    val = predict_dataset(
+        m.eval(), dm.dataset("val", train=False), batch_size=8, precision="32-true"
+    )
     assert len(val["prob"]) % 2 == 0  # no padding duplicates from the distributed sampler
     whole = roc_auc_score(val["target"][:, 0], val["prob"][:, 0])
     assert logged == pytest.approx(whole, abs=1e-5)

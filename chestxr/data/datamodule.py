@@ -15,18 +15,20 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from chestxr import keys
 from chestxr.data.batch_augment import BatchAugment
+from chestxr.data.cache import CachedDataset, CacheStore
 from chestxr.data.manifest import Manifest, load_manifest, output_names
 from chestxr.data.splits import assign_splits
 from chestxr.data.transforms import compose, preprocessing
 from chestxr.io import RadiographReadError
 from chestxr.utils.files import atomic_write_text
+from chestxr.utils.ids import find_cause
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +134,7 @@ class _Checked(TorchDataset):
         try:
             self.dataset[i]
         except Exception as err:
-            cause: BaseException | None = err
-            while cause is not None and not isinstance(cause, RadiographReadError):
-                cause = cause.__cause__ or cause.__context__
+            cause = find_cause(err, RadiographReadError)
             return i, cause.reason if cause is not None else f"{type(err).__name__}: {err}"
         return i, ""
 
@@ -155,8 +155,10 @@ class RadiographDataModule(L.LightningDataModule):
         num_workers: loader worker processes, or ``auto``: none on a CPU-only machine with a
             cache (a cached scan is read in microseconds, and a worker would take a core from the
             training step), up to 8 beside a GPU (see :func:`auto_num_workers`).
-        cache: ``disk`` (persistent, keyed by the preprocessing settings), ``memory`` or ``none``.
-        cache_dir: root folder of the disk cache.
+        cache: ``disk`` (:mod:`chestxr.data.cache`: 16-bit images in shared shards, keyed by the
+            source file's identity and the preprocessing settings, checked on every read),
+            ``memory`` or ``none``.
+        cache_dir: root folder of the disk cache (one sub-folder per preprocessing settings).
         sampler: ``null`` (shuffle) or ``weighted`` (balance positives and negatives; binary).
         no_finding: label tokens meaning "no finding" (multilabel).
         uncertain: policy for ``-1`` labels: ``ignore``, ``zeros`` or ``ones``.
@@ -217,6 +219,7 @@ class RadiographDataModule(L.LightningDataModule):
         self._manifest_source = manifest
         self.manifest: Manifest | None = None
         self.datasets: dict[str, Dataset] = {}
+        self._store: CacheStore | None = None
 
     # -- manifest and splits -------------------------------------------------------------------
     def manifest_path(self) -> Path:
@@ -299,11 +302,23 @@ class RadiographDataModule(L.LightningDataModule):
             raise ValueError(f"the {split!r} split of {self.load().source} is empty")
         return self._wrap(items, compose(self.preprocessing_transforms()))
 
+    def cache_store(self) -> CacheStore:
+        """The disk cache of the configured preprocessing settings (opened once per module).
+
+        Raises:
+            chestxr.data.cache.CacheError: the cache folder is not writable.
+        """
+        if self._store is None:
+            key = preprocess_key(self.preprocess)
+            self._store = CacheStore(self.cache_dir / key, settings=key)
+        return self._store
+
     def _wrap(self, items: list[dict[str, Any]], transform: Compose) -> Dataset:
         """The dataset class of the configured cache (the disk cache is keyed by the settings)."""
         if self.cache == "disk":
-            folder = self.cache_dir / preprocess_key(self.preprocess)
-            return PersistentDataset(items, transform, cache_dir=folder)
+            return CachedDataset(
+                items, transform, self.cache_store(), image_key=keys.IMAGE, typed_keys=[keys.TARGET]
+            )
         if self.cache == "memory":
             return CacheDataset(items, transform, num_workers=self.num_workers or None)
         return Dataset(items, transform)
