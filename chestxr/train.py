@@ -119,6 +119,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log.info("training %s on %s (%s)", model.output_names, cfg.data.get("manifest"), precision)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
+    best = trainer.checkpoint_callback
+    if best is not None and best.best_model_score is not None:  # e.g. val/auc_best, for sweeps
+        metrics[f"{best.monitor}_best"] = float(best.best_model_score)
 
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, ckpt_path="best")
@@ -134,7 +137,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 def main(cfg: DictConfig) -> float | None:
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     metrics, _ = train(cfg)
-    value = metrics.get("val/auc")
+    name = cfg.get("optimized_metric")  # set by conf/hparams_search
+    if name and name not in metrics:
+        raise KeyError(f"optimized_metric {name!r} is not among the run's metrics {sorted(metrics)}")
+    value = metrics.get(name or "val/auc")
     return float(value) if value is not None else None
 
 
