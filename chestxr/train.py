@@ -139,7 +139,7 @@ def main(cfg: DictConfig) -> float | None:
     metrics, _ = train(cfg)
     name = cfg.get("optimized_metric")  # set by conf/hparams_search
     if name and name not in metrics:
-        raise KeyError(f"optimized_metric {name!r} is not among the run's metrics {sorted(metrics)}")
+        raise KeyError(f"optimized_metric {name!r} not among the run's metrics {sorted(metrics)}")
     value = metrics.get(name or "val/auc")
     return float(value) if value is not None else None
 
