@@ -406,6 +406,8 @@ def command_line(
             if default and name not in flags:
                 option = "--no-" + name.replace("_", "-")
             action = "store_false" if default else "store_true"
+            if default:  # the flag turns the option off: say which, with the option's own help
+                help_text = f"{name}=False; {name}: {help_text}"
             parser.add_argument(option, dest=name, action=action, help=help_text)
             continue
         kind = type(default) if isinstance(default, (int, float)) else str
