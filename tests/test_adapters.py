@@ -15,11 +15,10 @@ import pytest
 from PIL import Image
 from pydicom import config
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from chestxr.data.adapters import chexpert, common, kermany, nih, rsna
 from chestxr.data.manifest import load_manifest
+from tests.helpers import dicom
 
 PATIENT_AGE = 0x00101010
 
@@ -38,25 +37,13 @@ def _write_images(paths: list[Path], fmt: str) -> None:
 
 
 def _write_dicom(path: Path, sex: str, age: str, view: str) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientID = path.stem
-    ds.PatientSex, ds.ViewPosition = sex, view
+    ds = dicom.radiograph(
+        np.zeros((8, 6), np.uint8), modality="CR", PatientID=path.stem, PatientSex=sex
+    )
+    ds.ViewPosition = view
     # RSNA writes ages as plain numbers ("51"), not valid DICOM AS ("051Y"): keep that oddity.
     ds[PATIENT_AGE] = DataElement(PATIENT_AGE, "AS", age, validation_mode=config.IGNORE)
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = 8, 6
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = bytes(48)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    dicom.write(ds, path)
 
 
 def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -614,7 +601,11 @@ def test_chexpert_errors(chexpert_root: Path, tmp_path: Path) -> None:
     ],
 )
 def test_chexpert_blank_policies(
-    chexpert_root: Path, blank: str, ordinary_fracture: str, healthy_edema: str, healthy_devices: str
+    chexpert_root: Path,
+    blank: str,
+    ordinary_fracture: str,
+    healthy_edema: str,
+    healthy_devices: str,
 ) -> None:
     text = (chexpert_root / "train.csv").read_text()
     lines = text.splitlines(keepends=True)
@@ -635,7 +626,7 @@ def test_chexpert_blank_policies(
     assert healthy["Edema"] == healthy_edema and healthy["Support Devices"] == healthy_devices
     no_devices = by_study[("patient00001", "study3")]["Support Devices"]
     assert no_devices == ("0" if blank == "negative" else "")
-    with pytest.raises(ValueError, match="blank must be one of.*'zero'"):
+    with pytest.raises(ValueError, match=r"blank must be one of.*'zero'"):
         chexpert.build_manifest(chexpert_root, out, blank="zero", overwrite=True)
 
 
@@ -648,7 +639,7 @@ def test_adapter_command_lines_share_one_helper(chexpert_root: Path, capsys) -> 
     with pytest.raises(SystemExit):
         chexpert.main([str(chexpert_root), str(out), "--blank", "zero"])
     assert "invalid choice: 'zero'" in capsys.readouterr().err
-    with pytest.raises(FileExistsError, match="cli.csv"):
+    with pytest.raises(FileExistsError, match=r"cli\.csv"):
         chexpert.main(argv)  # --overwrite comes from the shared helper
     assert chexpert.main([*argv, "--overwrite", "--include-lateral"]) == 0
     assert len(_read(out)[1]) == 8 * 4 + 2
@@ -658,4 +649,4 @@ def test_adapter_command_lines_share_one_helper(chexpert_root: Path, capsys) -> 
         assert exit_info.value.code == 0
         usage = capsys.readouterr().out
         assert f"python -m chestxr.data.adapters.{module.__name__.rsplit('.', 1)[1]}" in usage
-        assert "--overwrite" in usage and "--val-fraction" in usage or module is rsna
+        assert ("--overwrite" in usage and "--val-fraction" in usage) or module is rsna
