@@ -22,7 +22,10 @@ def main(cfg: DictConfig) -> float | None:
     """Train with the composed config; returns the validation AUC (for sweepers)."""
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     metrics, _ = train(cfg)
-    value = metrics.get("val/auc")
+    name = cfg.get("optimized_metric")  # set by conf/hparams_search
+    if name and name not in metrics:
+        raise KeyError(f"optimized_metric {name!r} not among the run's metrics {sorted(metrics)}")
+    value = metrics.get(name or "val/auc")
     return float(value) if value is not None else None
 
 

@@ -256,6 +256,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log.info("training %s on %s (%s)", model.output_names, cfg.data.get("manifest"), precision)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
+    best = trainer.checkpoint_callback
+    if best is not None and best.best_model_score is not None:  # e.g. val/auc_best, for sweeps
+        metrics[f"{best.monitor}_best"] = float(best.best_model_score)
 
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, ckpt_path="best")

@@ -15,11 +15,10 @@ import pytest
 from PIL import Image
 from pydicom import config
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from chestxr.data.adapters import chexpert, common, kermany, nih, rsna
 from chestxr.data.manifest import load_manifest
+from tests.helpers import dicom
 
 PATIENT_AGE = 0x00101010
 
@@ -38,25 +37,13 @@ def _write_images(paths: list[Path], fmt: str) -> None:
 
 
 def _write_dicom(path: Path, sex: str, age: str, view: str) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientID = path.stem
-    ds.PatientSex, ds.ViewPosition = sex, view
+    ds = dicom.radiograph(
+        np.zeros((8, 6), np.uint8), modality="CR", PatientID=path.stem, PatientSex=sex
+    )
+    ds.ViewPosition = view
     # RSNA writes ages as plain numbers ("51"), not valid DICOM AS ("051Y"): keep that oddity.
     ds[PATIENT_AGE] = DataElement(PATIENT_AGE, "AS", age, validation_mode=config.IGNORE)
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = 8, 6
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = bytes(48)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    dicom.write(ds, path)
 
 
 def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -603,3 +590,63 @@ def test_chexpert_errors(chexpert_root: Path, tmp_path: Path) -> None:
         chexpert.build_manifest(chexpert_root, tmp_path / "m.csv")
     chexpert.build_manifest(chexpert_root, tmp_path / "m.csv", missing="drop")
     assert len(_read(tmp_path / "m.csv")[1]) == 8 * 2 + 1
+
+
+@pytest.mark.parametrize(
+    ("blank", "ordinary_fracture", "healthy_edema", "healthy_devices"),
+    [
+        ("unknown", "", "", "1"),
+        ("negative", "0", "0", "1"),
+        ("negative_if_no_finding", "", "0", "1"),
+    ],
+)
+def test_chexpert_blank_policies(
+    chexpert_root: Path,
+    blank: str,
+    ordinary_fracture: str,
+    healthy_edema: str,
+    healthy_devices: str,
+) -> None:
+    text = (chexpert_root / "train.csv").read_text()
+    lines = text.splitlines(keepends=True)
+    # a No Finding row whose Support Devices cell is blank: "No Finding" allows devices
+    extra = lines[1].replace("train/patient00001/study1", "train/patient00001/study3")
+    extra = extra.rsplit(",", 1)[0] + ",\n"
+    _write_text(chexpert_root / "train.csv", text + extra)
+    _write_images([chexpert_root.parent / extra.split(",")[0]], "JPEG")
+    out = chexpert_root / "m.csv"
+    chexpert.build_manifest(chexpert_root, out, blank=blank, uncertain="ignore")
+    _, rows = _read(out)
+    by_study = {(row["patient_id"], row["study"]): row for row in rows}
+    ordinary = by_study[("patient00002", "study1")]
+    assert ordinary["Fracture"] == ordinary_fracture  # blank in the source
+    assert ordinary["Cardiomegaly"] == ""  # -1 ignored: stays unknown under every blank policy
+    assert ordinary["Edema"] == "1" and ordinary["Pneumonia"] == "0"  # stated cells never change
+    healthy = by_study[("patient00001", "study1")]
+    assert healthy["Edema"] == healthy_edema and healthy["Support Devices"] == healthy_devices
+    no_devices = by_study[("patient00001", "study3")]["Support Devices"]
+    assert no_devices == ("0" if blank == "negative" else "")
+    with pytest.raises(ValueError, match=r"blank must be one of.*'zero'"):
+        chexpert.build_manifest(chexpert_root, out, blank="zero", overwrite=True)
+
+
+def test_adapter_command_lines_share_one_helper(chexpert_root: Path, capsys) -> None:
+    out = chexpert_root / "cli.csv"
+    argv = [str(chexpert_root), str(out), "--blank", "negative", "--val-fraction", "0.25"]
+    assert chexpert.main(argv) == 0
+    _, rows = _read(out)
+    assert rows and all(row["Lung Lesion"] == "0" for row in rows)  # blank everywhere -> 0
+    with pytest.raises(SystemExit):
+        chexpert.main([str(chexpert_root), str(out), "--blank", "zero"])
+    assert "invalid choice: 'zero'" in capsys.readouterr().err
+    with pytest.raises(FileExistsError, match=r"cli\.csv"):
+        chexpert.main(argv)  # --overwrite comes from the shared helper
+    assert chexpert.main([*argv, "--overwrite", "--include-lateral"]) == 0
+    assert len(_read(out)[1]) == 8 * 4 + 2
+    for module in (kermany, rsna, nih, chexpert):
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(["--help"])
+        assert exit_info.value.code == 0
+        usage = capsys.readouterr().out
+        assert f"python -m chestxr.data.adapters.{module.__name__.rsplit('.', 1)[1]}" in usage
+        assert ("--overwrite" in usage and "--val-fraction" in usage) or module is rsna

@@ -12,18 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    RLELossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from chestxr.audit import audit
 from chestxr.data.audit import SCHEMA, audit_manifest, exit_status, hamming_groups
 from chestxr.data.manifest import load_manifest
 from tests.conftest import REPO_ROOT, compose_config
+from tests.helpers.dicom import write_radiograph
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 
@@ -70,27 +65,15 @@ def run_audit(tmp: Path, manifest: Path, *overrides: str, classes=CLASSES) -> di
 def dicom_file(
     path: Path, pixels: np.ndarray, *, modality: str, photometric: str, **elements: object
 ) -> Path:
-    """A minimal radiograph DICOM written with pydicom."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    ds.PhotometricInterpretation = photometric
-    ds.SamplesPerPixel = 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    """A minimal 12-bit radiograph DICOM."""
+    return write_radiograph(
+        path,
+        pixels.astype(np.uint16),
+        bits_stored=12,
+        modality=modality,
+        photometric=photometric,
+        **elements,
+    )
 
 
 # --- finding kinds -------------------------------------------------------------------------------

@@ -5,35 +5,28 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from chestxr.explain import write_secondary_capture
 from chestxr.explain.secondary_capture import SECONDARY_CAPTURE_SOP_CLASS
+from tests.helpers import dicom
 
 
 @pytest.fixture
 def source(tmp_path):
-    ds = Dataset()
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "P123"
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "F"
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
-    ds.SOPInstanceUID = generate_uid()
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = 8, 6
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.arange(48, dtype=np.uint16).reshape(8, 6).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = dicom.radiograph(
+        np.arange(48, dtype=np.uint16).reshape(8, 6),
+        bits_stored=12,
+        sop_class="1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage
+        PatientName="Doe^Jane",
+        PatientID="P123",
+        PatientBirthDate="19700101",
+        PatientSex="F",
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+    )
     path = tmp_path / "source.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return dicom.write(ds, path)
 
 
 def test_secondary_capture_round_trip(tmp_path, source) -> None:

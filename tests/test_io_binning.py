@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import Compose
 from PIL import Image
-from test_io_reader import lut_item, make_ds, write_dicom
 
 from chestxr import keys
 from chestxr.data.transforms import preprocessing
 from chestxr.io import read_radiograph
 from chestxr.io.binning import bin_affine, bin_factor, bin_mean
 from chestxr.io.dicom import window_to_unit
+from tests.test_io_reader import lut_item, make_ds, write_dicom
 
 
 def _pool(x: np.ndarray, k: int) -> np.ndarray:

@@ -17,10 +17,10 @@ import pydicom
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage
+from pydicom.uid import RLELossless
 
 from chestxr.io import RadiographReadError, read_radiograph
+from tests.helpers import dicom
 
 SHARED_SEEDS = (
     "xray/highdicom/dx_image.dcm",  # DX MONOCHROME1, explicit VR, window + INVERSE, 37 kB
@@ -34,18 +34,16 @@ def _written_seeds() -> list[bytes]:
     """Three small DICOM files made with pydicom: plain, RLE and ACR-NEMA."""
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 4096, size=(24, 20), dtype=np.uint16)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, "1.2.3.4"
-    ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel = "DX", "MONOCHROME1", 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.WindowCenter, ds.WindowWidth = [2048, 1000], [4096, 500]
-    ds.PixelData = pixels.tobytes()
+    ds = dicom.radiograph(
+        pixels,
+        photometric="MONOCHROME1",
+        bits_stored=12,
+        sop_uid="1.2.3.4",  # fixed: the seeds are the same bytes on every run
+        RescaleSlope=1,
+        RescaleIntercept=0,
+        WindowCenter=[2048, 1000],
+        WindowWidth=[4096, 500],
+    )
     seeds = []
     for variant in ("plain", "rle", "acr-nema"):
         copy = deepcopy(ds)

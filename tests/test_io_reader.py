@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_windowing, convert_color_space
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import (
@@ -19,8 +19,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     RLELossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
 from chestxr import keys
@@ -33,6 +31,7 @@ from chestxr.io import (
     read_radiograph,
 )
 from chestxr.io.dicom import LUMA_WEIGHTS, window_to_unit
+from tests.helpers import dicom
 
 LUMA = np.asarray(LUMA_WEIGHTS)
 HEADER_KEYS = {
@@ -62,35 +61,10 @@ def make_ds(
     **elements: object,
 ) -> Dataset:
     """A minimal DX-like dataset holding ``pixels`` (2-D, 3-D frames, or (H, W, 3) colour)."""
-    pixels = np.asarray(pixels)
-    colour = photometric in ("RGB", "YBR_FULL")
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "P-123"
-    ds.PatientBirthDate = "19700101"
-    ds.PhotometricInterpretation = photometric
-    ds.SamplesPerPixel = 3 if colour else 1
-    if colour:
-        ds.PlanarConfiguration = 0
-    shape = pixels.shape[:-1] if colour else pixels.shape
-    if len(shape) == 3:
-        ds.NumberOfFrames = shape[0]
-    ds.Rows, ds.Columns = shape[-2:]
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
-    ds.PixelData = pixels.tobytes()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    return ds
+    patient = {"PatientName": "Doe^Jane", "PatientID": "P-123", "PatientBirthDate": "19700101"}
+    return dicom.radiograph(
+        pixels, photometric=photometric, bits_stored=bits_stored, **{**patient, **elements}
+    )
 
 
 def write_dicom(ds: Dataset, path: Path) -> Path:

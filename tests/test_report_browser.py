@@ -11,10 +11,10 @@ import os
 
 import numpy as np
 import pytest
-from chromium import Page, find_browser
 from PIL import Image
 
 from chestxr.explain import ReportEntry, overlay_figure, write_report_html
+from tests.helpers.chromium import Page, find_browser
 
 BROWSER = find_browser()
 pytestmark = pytest.mark.skipif(

@@ -15,6 +15,7 @@ import pytest
 from pydicom.pixels import apply_modality_lut
 
 from chestxr.data import synthetic as syn
+from tests.conftest import compose_config
 
 SIZE = (96, 128)
 
@@ -318,7 +319,7 @@ def test_ensure_synthetic_uses_a_folder_that_appeared_meanwhile(tmp_path, monkey
         real(final, **params)
         return manifest
 
-    monkeypatch.setattr(syn, "generate_synthetic", racing)
+    monkeypatch.setattr(syn.dataset, "generate_synthetic", racing)
     manifest = syn.ensure_synthetic(tmp_path, **kw)
     assert manifest.is_file() and len(_rows(manifest)) == 3
     assert [p.name for p in tmp_path.iterdir()] == [manifest.parent.name]
@@ -337,3 +338,25 @@ def test_ensure_synthetic_uses_a_folder_that_appeared_meanwhile(tmp_path, monkey
 def test_bad_parameters_are_rejected(tmp_path, params, match):
     with pytest.raises(ValueError, match=match):
         syn.generate_synthetic(tmp_path, **params)
+
+
+def test_the_data_config_and_the_code_name_one_default_set(tmp_path):
+    """conf/data/synthetic.yaml states no default of its own: it composes to DEFAULTS' set."""
+    from hydra.utils import instantiate
+
+    cfg = compose_config("train", tmp_path)
+    ensure = instantiate(cfg.data.manifest)  # functools.partial of ensure_synthetic
+    yaml_params = {k: v for k, v in ensure.keywords.items() if k != "cache_dir"}
+    assert set(yaml_params) == set(syn.DEFAULTS)
+    assert all(v is None for v in yaml_params.values())
+    resolved = syn._resolve_params(**yaml_params)
+    assert resolved == syn._resolve_params()
+    assert resolved["n_images"] == syn.DEFAULTS["n_images"]
+    assert resolved["findings"] == list(syn.DEFAULTS["findings"])
+    assert cfg.data.classes == [syn.NO_FINDING, *syn.DEFAULTS["findings"]]
+    # an override reaches the generator as a difference from the defaults
+    small = compose_config("train", tmp_path, ["data.manifest.n_images=7"])
+    params = {
+        k: v for k, v in instantiate(small.data.manifest).keywords.items() if k != "cache_dir"
+    }
+    assert syn._resolve_params(**params) == {**resolved, "n_images": 7, "n_patients": 5}

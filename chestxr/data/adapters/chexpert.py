@@ -15,8 +15,11 @@ Expected layout (ROOT is the folder holding the CSVs)::
 parent, against ROOT, or against ROOT with that first folder removed (a renamed ROOT), whichever
 finds the first images. Observations hold ``1.0``, ``0.0``, ``-1.0`` (uncertain) or blank (not
 mentioned). ``uncertain`` maps -1: ``"ignore"`` -> blank (masked), ``"zeros"`` -> 0,
-``"ones"`` -> 1, ``"keep"`` -> -1 (left to the loader's ``uncertain`` option at training time);
-blank stays blank (unknown, masked). The 13 findings of ``CHEXPERT_FINDINGS`` get a column each;
+``"ones"`` -> 1, ``"keep"`` -> -1 (left to the loader's ``uncertain`` option at training time).
+``blank`` maps a blank cell: ``"unknown"`` (default) -> blank (masked), ``"negative"`` -> 0 (as
+most CheXpert training code reads it), ``"negative_if_no_finding"`` -> 0 on rows whose No Finding
+is 1 only (torchxrayvision's reading; Support Devices stays unknown there), unknown elsewhere.
+The 13 findings of ``CHEXPERT_FINDINGS`` get a column each;
 ``No Finding`` is not a class (it is the absence of the others, and CheXpert never marks it 0);
 ``label`` joins the positive findings with ``|`` or says ``No Finding``. Lateral views are dropped
 unless ``frontal_only=False``. ``valid.csv`` -> ``test``; ``val`` is carved from train by patient.
@@ -56,6 +59,11 @@ CHEXPERT_FINDINGS = (
 )
 OBSERVATIONS = (common.NO_FINDING, *CHEXPERT_FINDINGS)
 UNCERTAIN_POLICIES = {"ignore": "", "zeros": "0", "ones": "1", "keep": "-1"}
+# What a blank (not mentioned) cell becomes: unknown (masked); negative (as most CheXpert training
+# code reads it); or negative only on rows whose "No Finding" is 1 (torchxrayvision's reading).
+BLANK_POLICIES = ("unknown", "negative", "negative_if_no_finding")
+# "No Finding" allows support devices, so a blank Support Devices cell stays unknown on such rows.
+_NOT_IMPLIED_BY_NO_FINDING = frozenset({"Support Devices"})
 SOURCES = (("train.csv", "train"), ("valid.csv", "test"))
 REQUIRED_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *OBSERVATIONS)
 METADATA_COLUMNS = ("sex", "age", "view", "frontal_lateral", "study")
@@ -110,6 +118,31 @@ def observation(value: str, uncertain: str, where: str) -> str:
     return UNCERTAIN_POLICIES[uncertain] if code == "-1" else code
 
 
+def fill_blanks(values: dict[str, str], record: dict[str, str], blank: str, where: str) -> None:
+    """Apply the ``blank`` policy to one row's findings, in place.
+
+    Only cells blank in the source change (a -1 made blank by ``uncertain="ignore"`` stays
+    unknown).
+
+    Args:
+        values: manifest value per finding, from :func:`observation`.
+        record: the source row (its ``No Finding`` and raw cells are read).
+        blank: one of :data:`BLANK_POLICIES`.
+        where: file and line, for error messages.
+    """
+    if blank == "unknown":
+        return
+    if blank == "negative_if_no_finding":
+        where = f"{where} column {common.NO_FINDING!r}"
+        if observation(record[common.NO_FINDING], "ignore", where) != "1":
+            return
+    for name in CHEXPERT_FINDINGS:
+        if record[name] == "" and not (
+            blank == "negative_if_no_finding" and name in _NOT_IMPLIED_BY_NO_FINDING
+        ):
+            values[name] = "0"
+
+
 def _patient_and_study(path: PurePosixPath, where: str) -> tuple[str, str]:
     patient = next((part for part in path.parts if _PATIENT_RE.match(part)), None)
     study = next((part for part in path.parts if _STUDY_RE.match(part)), "")
@@ -123,6 +156,7 @@ def build_manifest(
     out_csv: str | os.PathLike[str],
     *,
     uncertain: str = "ignore",
+    blank: str = "unknown",
     frontal_only: bool = True,
     missing: str = "error",
     val_fraction: float = 0.1,
@@ -136,6 +170,9 @@ def build_manifest(
         out_csv: manifest to write.
         uncertain: what -1 becomes: ``"ignore"`` (blank, masked), ``"zeros"``, ``"ones"`` or
             ``"keep"`` (written as -1, for the manifest loader's ``uncertain`` option).
+        blank: what a blank (not mentioned) cell becomes: ``"unknown"`` (blank, masked),
+            ``"negative"`` (0) or ``"negative_if_no_finding"`` (0 on rows whose No Finding is 1,
+            Support Devices excepted; unknown elsewhere).
         frontal_only: drop lateral views.
         missing: ``"error"`` or ``"drop"`` for listed images not found on disk.
         val_fraction: share of training patients moved to ``val`` (0: no val).
@@ -154,6 +191,8 @@ def build_manifest(
         raise ValueError(
             f"uncertain must be one of {sorted(UNCERTAIN_POLICIES)}, got {uncertain!r}"
         )
+    if blank not in BLANK_POLICIES:
+        raise ValueError(f"blank must be one of {list(BLANK_POLICIES)}, got {blank!r}")
     common.check_missing_policy(missing)
     root = Path(root).resolve()
     out = common.check_output(out_csv, overwrite)
@@ -189,6 +228,7 @@ def build_manifest(
                 name: observation(record[name], uncertain, f"{where} column {name!r}")
                 for name in CHEXPERT_FINDINGS
             }
+            fill_blanks(values, record, blank, where)
             positive = [name for name in CHEXPERT_FINDINGS if values[name] == "1"]
             rows.append(
                 {
@@ -216,25 +256,14 @@ def build_manifest(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m chestxr.data.adapters.chexpert ROOT OUT_CSV [options]``."""
-    parser = common.base_parser("chestxr.data.adapters.chexpert", __doc__)
-    parser.add_argument("--uncertain", choices=sorted(UNCERTAIN_POLICIES), default="ignore")
-    parser.add_argument("--include-lateral", action="store_true", help="keep lateral views")
-    parser.add_argument("--missing", choices=common.MISSING_POLICIES, default="error")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="default: %(default)s")
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    args = parser.parse_args(argv)
-    common.configure_cli_logging()
-    build_manifest(
-        args.root,
-        args.out_csv,
-        uncertain=args.uncertain,
-        frontal_only=not args.include_lateral,
-        missing=args.missing,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        overwrite=args.overwrite,
+    return common.command_line(
+        build_manifest,
+        "chestxr.data.adapters.chexpert",
+        __doc__,
+        argv,
+        choices={"uncertain": UNCERTAIN_POLICIES, "blank": BLANK_POLICIES},
+        flags={"frontal_only": "--include-lateral"},
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ LABEL_SEPARATOR = "|"
 MISSING_POLICIES = ("error", "drop")
 _MAX_STRATA = 16  # assign_splits stratifies on at most 16 outputs
 
+_ARG_RE = re.compile(r"^    (\w+): (.*)$")
 _AGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([YMWD]?)\s*$", re.IGNORECASE)
 _AGE_UNIT_YEARS = {"": 1.0, "Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
 
@@ -338,6 +340,87 @@ def base_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("out_csv", type=Path, help="manifest CSV to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
     return parser
+
+
+def _arg_help(function: Callable[..., object]) -> dict[str, str]:
+    """The ``Args:`` entries of a Google-style docstring, one line each."""
+    helps: dict[str, str] = {}
+    lines = inspect.getdoc(function) or ""
+    in_args, name = False, None
+    for line in lines.splitlines():
+        if line.strip() == "Args:":
+            in_args = True
+            continue
+        if in_args and line and not line.startswith(" "):
+            break  # the next section (Returns:, Raises:)
+        match = _ARG_RE.match(line) if in_args else None
+        if match:
+            name = match.group(1)
+            helps[name] = match.group(2)
+        elif in_args and name and line.strip():
+            helps[name] += " " + line.strip()
+    return helps
+
+
+def command_line(
+    build_manifest: Callable[..., Path],
+    prog: str,
+    doc: str | None,
+    argv: Sequence[str] | None = None,
+    *,
+    choices: Mapping[str, Iterable[str]] | None = None,
+    flags: Mapping[str, str] | None = None,
+) -> int:
+    """Run an adapter's ``build_manifest`` as a command: one option per keyword-only argument.
+
+    ``ROOT OUT_CSV [--overwrite]`` come first; each other keyword-only argument of
+    ``build_manifest`` becomes ``--its-name`` with its default, type and the help line of its
+    docstring. A boolean that defaults to True becomes ``--no-its-name``; ``missing`` takes
+    :data:`MISSING_POLICIES`.
+
+    Args:
+        build_manifest: the adapter's function.
+        prog: the adapter's module name, for the usage line.
+        doc: the adapter module's docstring (its first line describes the command).
+        argv: the arguments (default: ``sys.argv[1:]``).
+        choices: allowed values of string arguments, by argument name.
+        flags: option strings that replace the generated ones, by argument name (a boolean that
+            defaults to True, named by what turning it off does, e.g. ``--include-lateral``).
+
+    Returns:
+        0 (errors raise before anything is written).
+    """
+    choices = {"missing": MISSING_POLICIES, **(choices or {})}
+    flags = dict(flags or {})
+    parser = base_parser(prog, doc)
+    helps = _arg_help(build_manifest)
+    for name, param in inspect.signature(build_manifest).parameters.items():
+        if param.kind is not inspect.Parameter.KEYWORD_ONLY or name == "overwrite":
+            continue
+        default, help_text = param.default, helps.get(name, "").replace("%", "%%")
+        option = flags.get(name, "--" + name.replace("_", "-"))
+        if isinstance(default, bool):
+            if default and name not in flags:
+                option = "--no-" + name.replace("_", "-")
+            action = "store_false" if default else "store_true"
+            if default:  # the flag turns the option off: say which, with the option's own help
+                help_text = f"{name}=False; {name}: {help_text}"
+            parser.add_argument(option, dest=name, action=action, help=help_text)
+            continue
+        kind = type(default) if isinstance(default, (int, float)) else str
+        allowed = sorted(choices[name]) if name in choices else None
+        parser.add_argument(
+            option,
+            dest=name,
+            type=kind,
+            default=default,
+            choices=allowed,
+            help=f"{help_text} (default: %(default)s)",
+        )
+    args = vars(parser.parse_args(argv))
+    configure_cli_logging()
+    build_manifest(args.pop("root"), args.pop("out_csv"), **args)
+    return 0
 
 
 def configure_cli_logging() -> None:

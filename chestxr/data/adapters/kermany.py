@@ -139,19 +139,12 @@ def build_manifest(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m chestxr.data.adapters.kermany ROOT OUT_CSV [options]``."""
-    parser = common.base_parser("chestxr.data.adapters.kermany", __doc__)
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="default: %(default)s")
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    args = parser.parse_args(argv)
-    common.configure_cli_logging()
-    build_manifest(
-        args.root,
-        args.out_csv,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        overwrite=args.overwrite,
+    return common.command_line(
+        build_manifest,
+        "chestxr.data.adapters.kermany",
+        __doc__,
+        argv,
     )
-    return 0
 
 
 if __name__ == "__main__":

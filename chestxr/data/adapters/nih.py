@@ -284,29 +284,12 @@ def build_manifest(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m chestxr.data.adapters.nih ROOT OUT_CSV [options]``."""
-    parser = common.base_parser("chestxr.data.adapters.nih", __doc__)
-    parser.add_argument("--entry-csv", default=None, help="default: newest Data_Entry_2017*.csv")
-    parser.add_argument("--missing", choices=common.MISSING_POLICIES, default="error")
-    parser.add_argument(
-        "--no-official-split", action="store_true", help="leave split blank (chestxr splits)"
+    return common.command_line(
+        build_manifest,
+        "chestxr.data.adapters.nih",
+        __doc__,
+        argv,
     )
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="default: %(default)s")
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    parser.add_argument("--bbox-csv", default=BBOX_CSV, help="default: %(default)s")
-    args = parser.parse_args(argv)
-    common.configure_cli_logging()
-    build_manifest(
-        args.root,
-        args.out_csv,
-        entry_csv=args.entry_csv,
-        missing=args.missing,
-        official_split=not args.no_official_split,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        bbox_csv=args.bbox_csv,
-        overwrite=args.overwrite,
-    )
-    return 0
 
 
 if __name__ == "__main__":

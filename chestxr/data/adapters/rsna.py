@@ -191,27 +191,12 @@ def build_manifest(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m chestxr.data.adapters.rsna ROOT OUT_CSV [options]``."""
-    parser = common.base_parser("chestxr.data.adapters.rsna", __doc__)
-    parser.add_argument("--labels-csv", default=LABELS_CSV, help="default: %(default)s")
-    parser.add_argument("--detailed-csv", default=DETAILED_CSV, help="default: %(default)s")
-    parser.add_argument("--images-dir", default=IMAGES_DIR, help="default: %(default)s")
-    parser.add_argument("--missing", choices=common.MISSING_POLICIES, default="error")
-    parser.add_argument(
-        "--no-dicom-metadata", action="store_true", help="skip reading view/sex/age from headers"
+    return common.command_line(
+        build_manifest,
+        "chestxr.data.adapters.rsna",
+        __doc__,
+        argv,
     )
-    args = parser.parse_args(argv)
-    common.configure_cli_logging()
-    build_manifest(
-        args.root,
-        args.out_csv,
-        labels_csv=args.labels_csv,
-        detailed_csv=args.detailed_csv,
-        images_dir=args.images_dir,
-        missing=args.missing,
-        dicom_metadata=not args.no_dicom_metadata,
-        overwrite=args.overwrite,
-    )
-    return 0
 
 
 if __name__ == "__main__":
