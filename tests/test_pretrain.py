@@ -1,0 +1,177 @@
+"""Self-supervised pretraining: views, NT-Xent, unlabelled manifests, pretrain -> fine-tune."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from chestxr.data.manifest import ManifestError, load_manifest
+from chestxr.data.ssl_views import RadiographViews
+from chestxr.data.unlabelled import write_unlabelled_manifest
+from chestxr.models.ssl import nt_xent
+from tests.conftest import compose_config
+
+NEUTRAL = {
+    "crop_scale": (1.0, 1.0),
+    "crop_ratio": (1.0, 1.0),
+    "rotate_degrees": 0.0,
+    "jitter_prob": 0.0,
+    "blur_prob": 0.0,
+    "noise_prob": 0.0,
+}
+
+
+def images(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, size, size, generator=g)
+
+
+# -- views ---------------------------------------------------------------------------------------
+def test_views_are_seeded_in_range_and_differ():
+    x = images()
+    views = RadiographViews()
+    a1, a2 = views(x, torch.Generator().manual_seed(1))
+    b1, b2 = views(x, torch.Generator().manual_seed(1))
+    c1, _ = views(x, torch.Generator().manual_seed(2))
+    assert a1.shape == x.shape and a1.dtype == torch.float32
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    assert not torch.allclose(a1, a2) and not torch.allclose(a1, c1)
+    assert a1.min() >= 0 and a1.max() <= 1
+
+
+def test_neutral_view_is_the_image_and_flip_is_the_only_mirror():
+    x = images()
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose(RadiographViews(**NEUTRAL).view(x, g), x, atol=1e-5)
+    flipped = RadiographViews(**NEUTRAL, flip_prob=1.0).view(x, g)
+    assert torch.allclose(flipped, x.flip(-1), atol=1e-5)
+
+
+def test_crop_zooms_into_the_image():
+    # a crop of 1/16 of the area is a quarter of the side: the view is a 4x zoom of one region
+    x = torch.zeros(64, 1, 32, 32)
+    x[..., :16, :] = 1.0  # top half bright
+    v = RadiographViews(**{**NEUTRAL, "crop_scale": (0.0625, 0.0625)}).view(
+        x, torch.Generator().manual_seed(0)
+    )
+    means = v.mean(dim=(1, 2, 3))
+    # the crop's centre is uniform over the image: some views lie wholly in one half
+    assert (means > 0.99).any() and (means < 0.01).any()
+    assert ((means > 0.01) & (means < 0.99)).any()
+
+
+def test_rotation_is_bounded():
+    x = torch.zeros(1, 1, 64, 64)
+    x[..., 31:33, :] = 1.0  # a horizontal bar through the centre
+    for deg in (5.0, 10.0):
+        v = RadiographViews(**{**NEUTRAL, "rotate_degrees": deg}).view(
+            x.repeat(32, 1, 1, 1), torch.Generator().manual_seed(0)
+        )
+        # the bar's slope in each view: rows of the brightest pixels at the left and right edges
+        left = v[..., :, 4].argmax(dim=-1).float()
+        right = v[..., :, 59].argmax(dim=-1).float()
+        angles = torch.rad2deg(torch.atan((right - left).abs().squeeze() / 55))
+        assert angles.max() <= deg + 2.0 and angles.max() >= deg / 3
+
+
+def test_blur_and_noise_and_intensity_jitter():
+    x = images(8, 32)
+    g = torch.Generator().manual_seed(0)
+    blurred = RadiographViews(**{**NEUTRAL, "blur_prob": 1.0, "blur_sigma": (0.05, 0.05)}).view(
+        x, g
+    )
+    assert blurred.std() < 0.6 * x.std()  # white noise loses most of its variance
+    assert torch.allclose(blurred.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=0.02)
+    flat = torch.full((8, 1, 32, 32), 0.5)
+    noisy = RadiographViews(**{**NEUTRAL, "noise_prob": 1.0, "noise_std": (0.05, 0.05)}).view(
+        flat, g
+    )
+    assert abs(float((noisy - flat).std()) - 0.05) < 0.005
+    jittered = RadiographViews(**{**NEUTRAL, "jitter_prob": 1.0}).view(x, g)
+    assert not torch.allclose(jittered, x)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"crop_scale": (0.5, 0.3)},
+        {"crop_scale": (0.0, 1.0)},
+        {"rotate_degrees": -1},
+        {"flip_prob": 1.5},
+        {"blur_sigma": (0.0, 0.5)},
+        {"gamma": (1.2, 0.8)},
+    ],
+)
+def test_views_reject_bad_settings(bad):
+    value = next(iter(bad.values()))
+    with pytest.raises(
+        ValueError, match=next(iter(bad)) + r".*" + str(value)[:3].replace("(", r"\(")
+    ):
+        RadiographViews(**bad)
+
+
+def test_views_reject_rgb():
+    with pytest.raises(ValueError, match=r"\(2, 3, 8, 8\)"):
+        RadiographViews()(torch.rand(2, 3, 8, 8), torch.Generator())
+
+
+# -- loss ----------------------------------------------------------------------------------------
+def test_nt_xent_matches_its_definition():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    t = 0.3
+    loss, _ = nt_xent(z1, z2, t)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    terms = []
+    for i in range(10):
+        j = (i + 5) % 10
+        others = [k for k in range(10) if k != i]
+        logits = torch.stack([z[i] @ z[k] / t for k in others])
+        terms.append(-(z[i] @ z[j] / t - torch.logsumexp(logits, 0)))
+    assert math.isclose(float(loss), float(torch.stack(terms).mean()), rel_tol=1e-5)
+
+
+def test_nt_xent_rewards_matching_pairs():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 32, generator=g)
+    matched, acc = nt_xent(z, z + 0.01 * torch.randn(16, 32, generator=g), 0.1)
+    shuffled, _ = nt_xent(z, z[torch.randperm(16, generator=g)], 0.1)
+    assert acc == 1.0 and matched < 0.1 * shuffled
+    with pytest.raises(ValueError, match="temperature"):
+        nt_xent(z, z, 0.0)
+
+
+# -- unlabelled manifests ------------------------------------------------------------------------
+def test_unlabelled_manifest_needs_no_label_column(tmp_path):
+    for i in range(3):
+        (tmp_path / f"im{i}.png").write_bytes(b"x")
+    path = tmp_path / "u.csv"
+    path.write_text("path,patient_id\n" + "".join(f"im{i}.png,p{i}\n" for i in range(3)))
+    with pytest.raises(ManifestError, match="label"):
+        load_manifest(path, task="binary", classes=["a", "b"])
+    m = load_manifest(path, task="binary", classes=["a", "b"], read_labels=False)
+    assert m.targets.shape == (3, 1) and np.isnan(m.targets).all()
+
+
+def test_unlabelled_manifest_holds_the_train_split_only(tmp_path):
+    cfg = compose_config(
+        "train", tmp_path, ["data.manifest.n_images=40", "data.manifest.size_range=[64,64]"]
+    )
+    dm = instantiate(cfg.data)
+    out = write_unlabelled_manifest({"syn": dm}, tmp_path / "unl.csv")
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    m = dm.load()
+    train = dm.rows("train")
+    assert sorted(int(r["source_row"]) for r in rows) == sorted(train.tolist())
+    held_out = set(m.patient_ids[m.splits != "train"].tolist())
+    assert held_out and not {r["patient_id"].split(":", 1)[1] for r in rows} & held_out
+    assert {r["split"] for r in rows} == {"train"}
+    unl = load_manifest(out, task="binary", classes=["a", "b"], read_labels=False)
+    assert len(unl) == len(train) and set(unl.paths) == set(m.paths[train])
