@@ -175,3 +175,45 @@ def test_unlabelled_manifest_holds_the_train_split_only(tmp_path):
     assert {r["split"] for r in rows} == {"train"}
     unl = load_manifest(out, task="binary", classes=["a", "b"], read_labels=False)
     assert len(unl) == len(train) and set(unl.paths) == set(m.paths[train])
+
+
+# -- pretrain -> fine-tune -----------------------------------------------------------------------
+TINY_PRETRAIN = [
+    "data.preprocess.image_size=32",
+    "data.num_workers=0",
+    "data.batch_size=16",
+    "data.manifest.n_images=40",
+    "data.manifest.size_range=[64,64]",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def test_pretrained_backbone_starts_fine_tuning(tmp_path):
+    from chestxr.pretrain import pretrain
+
+    cfg = compose_config("pretrain", tmp_path / "pre", TINY_PRETRAIN)
+    ckpt_path, objects = pretrain(cfg)
+    pretrained = objects["model"]
+    assert objects["trainer"].global_step >= 1
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert saved["chestxr"]["kind"] == "pretrained_backbone"
+    assert saved["chestxr"]["data"]["split"] == "train"
+    assert saved["chestxr"]["data"]["scans"] == len(objects["datamodule"].rows("train"))
+
+    # the classifier, as chestxr.train builds it, starts from exactly the pretrained backbone
+    train_cfg = compose_config(
+        "train", tmp_path / "fine", [*TINY_PRETRAIN[:5], f"model.init_checkpoint={ckpt_path}"]
+    )
+    classifier = instantiate(train_cfg.model)
+    pre_state = pretrained.net.state_dict()
+    fine_state = classifier.net.state_dict()
+    assert set(fine_state) - set(pre_state) == {"fc.weight", "fc.bias"}
+    for key, value in pre_state.items():
+        assert torch.equal(fine_state[key].cpu(), value.cpu()), key
+    # and the random init differs (so the check above can fail)
+    scratch = instantiate(compose_config("train", tmp_path / "s", TINY_PRETRAIN[:5]).model)
+    assert not torch.equal(scratch.net.state_dict()["conv1.weight"], pre_state["conv1.weight"])
+    # normalisation is one fact: the pretraining config's equals the classifier's
+    assert dict(cfg.model.normalization) == dict(train_cfg.model.normalization)
+    assert float(classifier.mean) == float(pretrained.mean)
