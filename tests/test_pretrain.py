@@ -15,7 +15,7 @@ from chestxr.data.manifest import ManifestError, load_manifest
 from chestxr.data.ssl_views import RadiographViews
 from chestxr.data.unlabelled import write_unlabelled_manifest
 from chestxr.models.ssl import nt_xent
-from tests.conftest import compose_config
+from tests.conftest import REPO_ROOT, compose_config
 
 NEUTRAL = {
     "crop_scale": (1.0, 1.0),
@@ -217,3 +217,108 @@ def test_pretrained_backbone_starts_fine_tuning(tmp_path):
     # normalisation is one fact: the pretraining config's equals the classifier's
     assert dict(cfg.model.normalization) == dict(train_cfg.model.normalization)
     assert float(classifier.mean) == float(pretrained.mean)
+
+
+# -- the issue's bar: a linear probe on the pretrained backbone beats one on a random backbone ----
+PROBE_DATA = [
+    "data.preprocess.image_size=32",
+    "data.num_workers=0",
+    "data.manifest.n_images=200",
+    "data.manifest.size_range=[96,128]",
+    "data.cache=memory",
+]
+
+
+def probe_auc(net: torch.nn.Module, dm) -> float:
+    """Held-out AUC of a logistic regression on the frozen pooled features of ``net``.
+
+    Batch-norm statistics are first re-estimated on the clean train images (for both backbones:
+    a random one has none of its own), then the probe is fitted on train and scored on val + test.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from torch.utils.data import DataLoader
+
+    from chestxr.models.ssl import pooled_features
+
+    def loader(split: str) -> DataLoader:
+        return DataLoader(dm.dataset(split, train=False), batch_size=256)
+
+    fc, net.fc = net.fc, None
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the pass
+    net.train()
+    with torch.no_grad():
+        for batch in loader("train"):
+            net((batch["image"] - 0.5) / 0.25)
+    net.fc = fc
+    x_train, y_train = pooled_features(net, loader("train"), mean=0.5, std=0.25)
+    held = [pooled_features(net, loader(s), mean=0.5, std=0.25) for s in ("val", "test")]
+    x_test, y_test = np.concatenate([x for x, _ in held]), np.concatenate([y for _, y in held])
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
+    clf.fit(x_train, y_train[:, 0])
+    return float(roc_auc_score(y_test[:, 0], clf.predict_proba(x_test)[:, 1]))
+
+
+@pytest.mark.slow
+def test_linear_probe_on_pretrained_backbone_beats_random(tmp_path):
+    from chestxr.models.pretrained import init_from_checkpoint
+    from chestxr.models.resnet import build_resnet18
+    from chestxr.pretrain import pretrain
+
+    labelled = instantiate(compose_config("train", tmp_path, PROBE_DATA).data)
+    unlabelled = write_unlabelled_manifest({"synthetic": labelled}, tmp_path / "unlabelled.csv")
+    cfg = compose_config(
+        "pretrain",
+        tmp_path / "pre",
+        [
+            *PROBE_DATA,
+            "data=manifest",
+            f"data.manifest={unlabelled}",
+            "data.batch_size=32",
+            "trainer.max_epochs=10",
+            "trainer.precision=32-true",
+            "trainer.enable_progress_bar=false",
+            "seed=0",
+        ],
+    )
+    ckpt, _ = pretrain(cfg)
+    pretrained = build_resnet18(1)
+    init_from_checkpoint(pretrained, ckpt, num_outputs=1)
+    torch.manual_seed(0)
+    random_init = build_resnet18(1)
+    auc_random, auc_pretrained = probe_auc(random_init, labelled), probe_auc(pretrained, labelled)
+    assert auc_pretrained >= auc_random + 0.05, (auc_pretrained, auc_random)
+
+
+PRETRAIN_EXPERIMENTS = sorted(
+    p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("pretrain_*.yaml")
+)
+
+
+@pytest.mark.parametrize("experiment", PRETRAIN_EXPERIMENTS)
+def test_pretrain_experiments_instantiate(tmp_path, experiment):
+    from chestxr.models.ssl import SimCLRPretraining
+
+    cfg = compose_config("pretrain", tmp_path, [f"experiment={experiment}"])
+    assert cfg.data.read_labels is False and cfg.data.augment is None
+    assert isinstance(instantiate(cfg.model), SimCLRPretraining)
+    instantiate(cfg.data)  # the manifest is read only when the run starts
+
+
+@pytest.mark.parametrize("experiment", ["kermany", "nih_pneumonia"])
+def test_ssl_experiments_start_where_pretraining_writes(tmp_path, experiment):
+    pre = compose_config("pretrain", tmp_path, ["experiment=pretrain_shared"])
+    written = f"{pre.hydra.run.dir}/checkpoints/backbone.ckpt"
+    for variant in ("ssl", "ssl_probe"):
+        cfg = compose_config("train", tmp_path, [f"experiment={experiment}_{variant}"])
+        base = compose_config("train", tmp_path, [f"experiment={experiment}"])
+        assert cfg.model.init_checkpoint == written
+        assert cfg.data == base.data  # same scans, split and seed as the from-scratch run
+        assert cfg.model.finetune.strategy == ("linear_probe" if variant == "ssl_probe" else "full")
+    # pretraining sees these scans as fine-tuning does
+    assert pre.data.preprocess.image_size == base.data.preprocess.image_size
