@@ -220,13 +220,8 @@ def test_pretrained_backbone_starts_fine_tuning(tmp_path):
 
 
 # -- the bar: a linear probe on the pretrained backbone beats one on a random backbone ----
-PROBE_DATA = [
-    "data.preprocess.image_size=32",
-    "data.num_workers=0",
-    "data.manifest.n_images=200",
-    "data.manifest.size_range=[96,128]",
-    "data.cache=memory",
-]
+PROBE_LOADING = ["data.preprocess.image_size=32", "data.num_workers=0", "data.cache=memory"]
+PROBE_DATA = [*PROBE_LOADING, "data.manifest.n_images=200", "data.manifest.size_range=[96,128]"]
 
 
 def probe_auc(net: torch.nn.Module, dm) -> float:
@@ -276,7 +271,7 @@ def test_linear_probe_on_pretrained_backbone_beats_random(tmp_path):
         "pretrain",
         tmp_path / "pre",
         [
-            *PROBE_DATA,
+            *PROBE_LOADING,
             "data=manifest",
             f"data.manifest={unlabelled}",
             "data.batch_size=32",
