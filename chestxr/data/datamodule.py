@@ -168,6 +168,7 @@ class RadiographDataModule(L.LightningDataModule):
         max_skip_fraction: with ``skip``, the largest share of files that may be unreadable before
             the run stops with an error.
         report_dir: folder for ``skipped.csv`` (the run folder).
+        read_labels: false for unlabelled scans (pretraining): labels are not read, targets NaN.
     """
 
     def __init__(
@@ -188,6 +189,7 @@ class RadiographDataModule(L.LightningDataModule):
         on_error: str = "raise",
         max_skip_fraction: float = 0.01,
         report_dir: str | os.PathLike[str] | None = None,
+        read_labels: bool = True,
     ) -> None:
         super().__init__()
         if cache not in CACHE_MODES:
@@ -215,6 +217,7 @@ class RadiographDataModule(L.LightningDataModule):
         self.on_error = on_error
         self.max_skip_fraction = max_skip_fraction
         self.report_dir = Path(report_dir) if report_dir is not None else None
+        self.read_labels = read_labels
         self.readable: np.ndarray | None = None
         self._manifest_source = manifest
         self.manifest: Manifest | None = None
@@ -239,6 +242,7 @@ class RadiographDataModule(L.LightningDataModule):
                 classes=self.classes,
                 no_finding=self.no_finding,
                 uncertain=self.uncertain,
+                read_labels=self.read_labels,
             )
             m.splits = assign_splits(m.patient_ids, m.targets, m.splits, **self.split)
             self.manifest = m

@@ -205,6 +205,7 @@ def load_manifest(
     no_finding: Sequence[str] = ("No Finding", "normal"),
     uncertain: str = "ignore",
     check_files: bool = True,
+    read_labels: bool = True,
 ) -> Manifest:
     """Read and validate a manifest CSV.
 
@@ -216,6 +217,8 @@ def load_manifest(
         uncertain: policy for ``-1`` in per-finding columns: ``ignore`` (masked), ``zeros``,
             ``ones``.
         check_files: verify that every image file exists.
+        read_labels: false for unlabelled scans (self-supervised pretraining): every target is
+            unknown (NaN) and the label columns are neither needed nor read.
 
     Returns:
         The manifest as column arrays.
@@ -238,7 +241,9 @@ def load_manifest(
             f"{path}: missing column(s) {missing}; a manifest needs {list(REQUIRED_COLUMNS)}, "
             "'label' (or one column per finding) and optionally 'split' and 'boxes'"
         )
-    if task == "multilabel" and all(n in cols for n in names):
+    if not read_labels:
+        targets = np.full((len(cols["path"]), len(names)), np.nan, dtype=np.float32)
+    elif task == "multilabel" and all(n in cols for n in names):
         targets = _targets_from_columns(path, cols, names, uncertain)
     elif "label" in cols:
         targets = _targets_from_labels(path, cols["label"], task, classes, no_finding)
@@ -267,7 +272,7 @@ def load_manifest(
                 f"{path}: {len(absent)} image file(s) listed but not found, e.g. {absent[:3]}"
             )
     unknown = int(np.isnan(targets).all(axis=1).sum())
-    if unknown:
+    if unknown and read_labels:
         log.warning("%s: %d row(s) have no known label; they are masked in training", path, unknown)
     return Manifest(
         source=path,
