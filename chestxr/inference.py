@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,14 @@ from chestxr.utils.hardware import autocast, best_precision, inference_device
 log = logging.getLogger(__name__)
 
 
+def refused_message(path: str | os.PathLike[str]) -> str:
+    """What chestxr says about a file that ``torch.load(weights_only=True)`` refused."""
+    return (
+        f"refusing to load {path}: it holds objects other than tensors and plain containers "
+        "(not a chestxr checkpoint, or tampered with); chestxr never unpickles such files"
+    )
+
+
 def load_model(
     ckpt_path: str | os.PathLike[str], device: torch.device | None = None
 ) -> ChestXRClassifier:
@@ -25,14 +34,20 @@ def load_model(
 
     Raises:
         FileNotFoundError: no file at ``ckpt_path``.
-        ValueError: the file is not a chestxr checkpoint.
+        ValueError: the file is not a chestxr checkpoint, or it holds objects other than tensors
+            and plain containers (it is never unpickled: ``weights_only=True`` is explicit, so
+            ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn it off).
     """
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     device = device or inference_device()
     try:
-        model = ChestXRClassifier.load_from_checkpoint(path, map_location=device)
+        model = ChestXRClassifier.load_from_checkpoint(
+            path, map_location=device, weights_only=True
+        )
+    except pickle.UnpicklingError:
+        raise ValueError(refused_message(path)) from None
     except (KeyError, TypeError, RuntimeError) as err:
         raise ValueError(f"{path} is not a chestxr checkpoint ({err})") from err
     # checkpoints from before the reader's binning option were trained without it

@@ -83,7 +83,7 @@ def finish(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, out_dir: Path) 
     model = load_model(best)
     fit_thresholds(model, datamodule, cfg.evaluation.get("batch_size", 64))
     final = out_dir / "checkpoints" / "model.ckpt"
-    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
     ckpt["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
     ckpt["chestxr"] = run_summary(cfg, trainer, datamodule)
     torch.save(ckpt, final)
