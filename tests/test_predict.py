@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,8 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from chestxr.data.inputs import find_inputs
 from chestxr.models.module import ChestXRClassifier
-from chestxr.predict import predict
-from tests.conftest import REPO_ROOT, compose_config
+from chestxr.predict import cli, predict
+from tests.conftest import compose_config
 
 # What must never reach predict's outputs (Secondary Captures aside).
 PATIENT_NAME, PATIENT_ID, FILE_STEM = "Quixote^Zebedee", "PIDQX9183", "Zebedee_Quixote_scan"
@@ -78,11 +76,11 @@ def dicom(path: Path, seed: int, *, preamble: bool = True) -> Path:
     return path
 
 
-def run_cli(ckpt: Path, source: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "chestxr.predict", f"ckpt_path={ckpt}", f"input={source}"]
-    cmd += [f"hydra.run.dir={out}", *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300)
+def run_cli(monkeypatch, ckpt: Path, source: Path, out: Path, *extra: str) -> int:
+    """``python -m chestxr.predict ...`` in this process (its Hydra logging included)."""
+    argv = ["predict", f"ckpt_path={ckpt}", f"input={source}", f"hydra.run.dir={out}", *extra]
+    monkeypatch.setattr(sys, "argv", argv)
+    return cli()
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -90,7 +88,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_no_identifier_reaches_the_outputs(ckpt, tmp_path):
+def test_no_identifier_reaches_the_outputs(ckpt, tmp_path, monkeypatch):
     """Names, IDs and file names stay out of every output but the Secondary Captures; a DICOM
     without preamble gets its prediction and its Secondary Capture; loops are listed."""
     folder = tmp_path / "incoming"
@@ -102,8 +100,7 @@ def test_no_identifier_reaches_the_outputs(ckpt, tmp_path):
     (folder / "loop").symlink_to(folder, target_is_directory=True)
     (folder / "self.dcm").symlink_to(folder / "self.dcm")
     out = tmp_path / "pred"
-    proc = run_cli(ckpt, folder, out, "cams=true", "secondary_capture=true")
-    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert run_cli(monkeypatch, ckpt, folder, out, "cams=true", "secondary_capture=true") == 2
     preds = read_csv(out / "predictions.csv")
     bad = read_csv(out / "unreadable.csv")
     assert len(preds) == 3 and len({r["scan_id"] for r in preds}) == 3
@@ -159,17 +156,19 @@ def test_symlink_loops_are_listed_not_skipped(tmp_path):
     }
 
 
-def test_exit_status_all_read_and_none_read(ckpt, tmp_path):
+def test_exit_status_all_read_and_none_read(ckpt, tmp_path, monkeypatch):
+    """0 when every file is predicted, 1 when none is (2, some unreadable, is tested above)."""
     good, broken = tmp_path / "good", tmp_path / "broken"
     good.mkdir()
     broken.mkdir()
     dicom(good / "a.dcm", 6)
     dicom(good / "b.dcm", 7)
     (broken / "c.dcm").write_bytes(b"\0" * 300)
-    proc = run_cli(ckpt, good, tmp_path / "out0")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    statuses = [
+        run_cli(monkeypatch, ckpt, source, out)
+        for source, out in ((good, tmp_path / "out0"), (broken, tmp_path / "out1"))
+    ]
+    assert statuses == [0, 1]
     assert len(read_csv(tmp_path / "out0" / "predictions.csv")) == 2
-    proc = run_cli(ckpt, broken, tmp_path / "out1")
-    assert proc.returncode == 1, proc.stderr[-3000:]
     assert read_csv(tmp_path / "out1" / "predictions.csv") == []
     assert len(read_csv(tmp_path / "out1" / "unreadable.csv")) == 1

@@ -69,8 +69,12 @@ def _secondary_capture(image: np.ndarray, cam: np.ndarray, path: str, out: Path)
         if read_header(path).get("format") != "dicom":
             return "not written: the source is not a DICOM file"
         write_secondary_capture(blend_overlay(image, cam), path, out)
-    except (RadiographReadError, ValueError) as err:
-        reason = err.reason if isinstance(err, RadiographReadError) else str(err)
+    except OSError:  # a full disk or an unwritable folder stops the run
+        raise
+    except Exception as err:  # the source cannot be referenced: listed, the run goes on
+        reason = (
+            err.reason if isinstance(err, RadiographReadError) else f"{type(err).__name__}: {err}"
+        )
         log.warning("Secondary Capture %s not written: %s", out.name, reason)
         return f"not written: {reason}"
     return out.name
