@@ -17,19 +17,12 @@ from torch.utils.data import DataLoader, Dataset
 from chestxr import keys
 from chestxr.io import RadiographReadError, read_header
 from chestxr.models.module import ChestXRClassifier
+from chestxr.utils.checkpoints import refused_message
 from chestxr.utils.files import atomic_write_csv
 from chestxr.utils.hardware import autocast, best_precision, inference_device
 from chestxr.utils.ids import anonymous_id
 
 log = logging.getLogger(__name__)
-
-
-def refused_message(path: str | os.PathLike[str]) -> str:
-    """What chestxr says about a file that ``torch.load(weights_only=True)`` refused."""
-    return (
-        f"refusing to load {path}: it holds objects other than tensors and plain containers "
-        "(not a chestxr checkpoint, or tampered with); chestxr never unpickles such files"
-    )
 
 
 def load_model(

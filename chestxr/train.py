@@ -117,11 +117,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         logger=instantiate_group(cfg.get("logger")),
     )
     log.info("training %s on %s (%s)", model.output_names, cfg.data.get("manifest"), precision)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
 
     if cfg.get("test"):
-        trainer.test(model, datamodule=datamodule, ckpt_path="best")
+        trainer.test(model, datamodule=datamodule, ckpt_path="best", weights_only=True)
         metrics.update(trainer.callback_metrics)
         evaluation = finish(cfg, trainer, datamodule, out_dir)
         if evaluation:

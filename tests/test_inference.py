@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import builtins
+from pathlib import Path
 
 import pytest
 import torch
 
 from chestxr.inference import load_model
+from chestxr.models.pretrained import init_from_checkpoint, load_imagenet_state_dict
+from chestxr.models.resnet import build_resnet18
 
 
 class _Payload:
@@ -20,13 +23,32 @@ class _Payload:
         return (builtins.open, (self.marker, "w"))
 
 
+def evil(tmp_path) -> tuple[Path, Path]:
+    """A ``torch.save`` file whose unpickling would create ``marker``."""
+    marker, path = tmp_path / "pwned", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": _Payload(str(marker))}}, path)
+    return path, marker
+
+
 def test_crafted_checkpoint_payload_never_runs(tmp_path, monkeypatch):
-    marker = tmp_path / "pwned"
-    ckpt = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": {"x": _Payload(str(marker))}}, ckpt)
+    ckpt, marker = evil(tmp_path)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     with pytest.raises(ValueError, match="refusing to load") as info:
         load_model(ckpt, device=torch.device("cpu"))
     assert str(ckpt) in str(info.value)
     assert "weights_only=False" not in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("loader", ["imagenet", "init_checkpoint"])
+def test_crafted_weights_for_fine_tuning_are_refused(tmp_path, monkeypatch, loader):
+    """``model.pretrained=FILE`` and ``model.init_checkpoint=CKPT`` refuse it the same way."""
+    path, marker = evil(tmp_path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(ValueError, match="refusing to load") as info:
+        if loader == "imagenet":
+            load_imagenet_state_dict(path)
+        else:
+            init_from_checkpoint(build_resnet18(1), path, num_outputs=1)
+    assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
     assert not marker.exists()

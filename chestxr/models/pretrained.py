@@ -44,6 +44,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from chestxr.utils.checkpoints import safe_torch_load
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
@@ -119,7 +121,7 @@ def load_imagenet_state_dict(
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"ImageNet weights file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path)
     else:
         path = (
             Path(cache_dir) / IMAGENET_URL.rsplit("/", 1)[-1]
@@ -128,7 +130,7 @@ def load_imagenet_state_dict(
         )
         hint = f"download {IMAGENET_URL} to {path}, or set model.pretrained=false (from scratch)"
         if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = safe_torch_load(path)
         elif not online:
             raise FileNotFoundError(f"ImageNet weights not cached at {path} and offline: {hint}")
         else:
@@ -329,7 +331,11 @@ def init_from_checkpoint(
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
+    ckpt = (
+        safe_torch_load(path)
+        if weights_only
+        else torch.load(path, map_location="cpu", weights_only=False)
+    )
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' mapping)")
     full = ckpt["state_dict"]
