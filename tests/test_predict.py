@@ -147,10 +147,16 @@ def test_symlink_loops_are_listed_not_skipped(tmp_path):
     (tmp_path / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)
     (tmp_path / "x.dcm").symlink_to(tmp_path / "x.dcm")
     (tmp_path / "gone.dcm").symlink_to(tmp_path / "missing.dcm")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "q").mkdir()
+    (tmp_path / "p" / "to_q").symlink_to(tmp_path / "q", target_is_directory=True)
+    (tmp_path / "q" / "to_p").symlink_to(tmp_path / "p", target_is_directory=True)
     files, bad = find_inputs(tmp_path, [".dcm"])
     assert files == [tmp_path / "a.dcm"]
-    assert {p.name: r.split(":")[0] for p, r in bad} == {
-        "up": "symlink loop",
+    assert {str(p.relative_to(tmp_path)): r.split(":")[0] for p, r in bad} == {
+        "p/to_q/to_p": "symlink loop",
+        "q/to_p/to_q": "symlink loop",
+        "sub/up": "symlink loop",
         "x.dcm": "symlink loop",
         "gone.dcm": "dangling symlink",
     }

@@ -62,7 +62,8 @@ def _walk(root: Path, wanted: set[str]) -> tuple[list[Path], list[tuple[Path, st
     """Files under ``root`` with a wanted suffix; symlink loops and dead links as unreadable."""
     files: list[Path] = []
     bad: list[tuple[Path, str]] = []
-    seen = {os.path.realpath(root)}
+    # the real folders on the way from root to each folder: a link to one of them is a loop
+    chain = {str(root): {os.path.realpath(root)}}
 
     def on_error(err: OSError) -> None:
         bad.append((Path(err.filename or root), f"folder could not be listed: {err.strerror}"))
@@ -71,11 +72,11 @@ def _walk(root: Path, wanted: set[str]) -> tuple[list[Path], list[tuple[Path, st
         for name in list(dirnames):
             path = os.path.join(folder, name)
             real = os.path.realpath(path)
-            if real in seen:  # a link back to a folder already walked: a loop (or a repeat)
+            if real in chain[folder]:
                 dirnames.remove(name)
-                bad.append((Path(path), "symlink loop: it leads back to a folder already listed"))
+                bad.append((Path(path), "symlink loop: it leads back to a folder above it"))
             else:
-                seen.add(real)
+                chain[path] = chain[folder] | {real}
         for name in filenames:
             path = Path(folder) / name
             if name.startswith(".") or path.suffix.lower() not in wanted:

@@ -152,7 +152,9 @@ def read_dicom(
     Args:
         path: the file.
         frame: the frame of a multi-frame image (required there); ``None`` or 0 otherwise.
-        max_pixels: refuse images with more than Rows * Columns * frames pixels, before decoding.
+        max_pixels: refuse images with more than Rows * Columns * frames pixels, and compressed
+            frames whose codestream declares more pixels or another size than Rows x Columns
+            (:mod:`chestxr.io.codestream`), before decoding.
         voi: ``"header"`` (VOI LUT / window from the header, else min-max) or ``"minmax"``.
         bin_to: average k x k blocks of modality values before the VOI, with the largest k that
             keeps the ``bin_side`` side at ``bin_to`` pixels or more (:mod:`chestxr.io.binning`);
