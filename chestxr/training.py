@@ -16,7 +16,6 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -25,6 +24,7 @@ from chestxr import __version__
 from chestxr.data.manifest import Manifest
 from chestxr.evaluation.run import validate_evaluation_config
 from chestxr.models.checkpoint_io import save_checkpoint_file
+from chestxr.utils.checkpoints import safe_torch_load
 from chestxr.utils.files import RUN_MARKERS, ensure_fresh_run_dir
 from chestxr.utils.hardware import resolve_precision
 from chestxr.utils.instantiate import check_types, instantiate_group
@@ -149,7 +149,7 @@ def check_resume_target(ckpt_path: str | Path, out_dir: Path) -> dict[str, Any]:
                 "(hydra.run.dir) or a new one"
             )
         out_dir.mkdir(parents=True, exist_ok=True)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = safe_torch_load(ckpt)
     return dict(state.get("hyper_parameters") or {})
 
 
@@ -205,7 +205,7 @@ def finish(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, out_dir: Path) 
     model = load_model(best)
     fit_thresholds(model, datamodule, cfg.evaluation.get("batch_size", 64))
     final = out_dir / "checkpoints" / "model.ckpt"
-    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    ckpt = safe_torch_load(best)
     ckpt["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
     ckpt["chestxr"] = run_summary(cfg, trainer, datamodule, model)
     save_checkpoint_file(ckpt, final)
@@ -254,14 +254,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         logger=instantiate_group(cfg.get("logger")),
     )
     log.info("training %s on %s (%s)", model.output_names, cfg.data.get("manifest"), precision)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
     best = trainer.checkpoint_callback
     if best is not None and best.best_model_score is not None:  # e.g. val/auc_best, for sweeps
         metrics[f"{best.monitor}_best"] = float(best.best_model_score)
 
     if cfg.get("test"):
-        trainer.test(model, datamodule=datamodule, ckpt_path="best")
+        trainer.test(model, datamodule=datamodule, ckpt_path="best", weights_only=True)
         metrics.update(trainer.callback_metrics)
         evaluation = finish(cfg, trainer, datamodule, out_dir)
         if evaluation:

@@ -160,7 +160,7 @@ def test_predict_cli_lists_unreadable_files(trained, tmp_path):
     (folder / "broken.dcm").write_bytes(Path(manifest.paths[0]).read_bytes()[:600])
     (folder / "notes.png").write_text("not an image")
     out = tmp_path / "pred"
-    proc = run_predict(trained, folder, out, "cams=true")
+    proc = run_predict(trained, folder, out, "cams=true", "include_paths=true")
     assert proc.returncode == 2, proc.stderr[-2000:]
     preds = read_csv(out / "predictions.csv")
     bad = read_csv(out / "unreadable.csv")
@@ -243,7 +243,7 @@ def test_predict_on_real_corrupt_dicoms(trained, shared_data, tmp_path):
     ]:
         shutil.copy(dicom / rel, folder / Path(rel).name)
     out = tmp_path / "pred"
-    proc = run_predict(trained, folder, out)
+    proc = run_predict(trained, folder, out, "include_paths=true")
     assert proc.returncode == 2, proc.stderr[-2000:]
     good = sorted(Path(r["file"]).name for r in read_csv(out / "predictions.csv"))
     bad = {Path(r["file"]).name: r["reason"] for r in read_csv(out / "unreadable.csv")}

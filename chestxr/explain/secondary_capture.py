@@ -8,11 +8,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
+from chestxr.io.dicom import read_dicom_dataset
 from chestxr.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ def write_secondary_capture(
         The path written.
 
     Raises:
+        RadiographReadError: the source file holds no DICOM image.
         ValueError: ``overlay_rgb`` is not an ``(H, W, 3)`` uint8 array, or the source lacks
             StudyInstanceUID, SOPClassUID or SOPInstanceUID.
     """
@@ -77,7 +78,8 @@ def write_secondary_capture(
     if isinstance(source_dataset_path, Dataset):
         src = source_dataset_path
     else:
-        src = pydicom.dcmread(source_dataset_path, stop_before_pixels=True)
+        # as the reader reads it: also without preamble and file meta header (ACR-NEMA style)
+        src = read_dicom_dataset(source_dataset_path, stop_before_pixels=True)
     for key in ("StudyInstanceUID", "SOPClassUID", "SOPInstanceUID"):
         if key not in src:
             raise ValueError(f"source DICOM {source_dataset_path!s} lacks {key}")

@@ -23,17 +23,20 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from os import PathLike
 from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space, get_decoder
-from pydicom.pixels.utils import as_pixel_options, get_nr_frames
+from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from chestxr.io.binning import bin_affine, bin_factor, bin_mean
+from chestxr.io.codestream import CodestreamError, codestream_size
 from chestxr.io.errors import RadiographReadError
 
 logger = logging.getLogger(__name__)
@@ -116,9 +119,9 @@ def dicom_header(path: str | PathLike[str]) -> dict[str, Any]:
     ds = read_dicom_dataset(path, stop_before_pixels=True)
     header: dict[str, Any] = {
         "format": "dicom",
-        "rows": int(ds.Rows),
-        "columns": int(ds.Columns),
-        "frames": get_nr_frames(ds, warn=False),
+        "rows": _header_int(path, ds, "Rows"),
+        "columns": _header_int(path, ds, "Columns"),
+        "frames": _header_int(path, ds, "NumberOfFrames", default=1) or 1,
         "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
         "bits_stored": _int_or_none(ds.get("BitsStored")),
         "pixel_spacing": None,
@@ -149,7 +152,9 @@ def read_dicom(
     Args:
         path: the file.
         frame: the frame of a multi-frame image (required there); ``None`` or 0 otherwise.
-        max_pixels: refuse images with more than Rows * Columns * frames pixels, before decoding.
+        max_pixels: refuse images with more than Rows * Columns * frames pixels, and compressed
+            frames whose codestream declares more pixels or another size than Rows x Columns
+            (:mod:`chestxr.io.codestream`), before decoding.
         voi: ``"header"`` (VOI LUT / window from the header, else min-max) or ``"minmax"``.
         bin_to: average k x k blocks of modality values before the VOI, with the largest k that
             keeps the ``bin_side`` side at ``bin_to`` pixels or more (:mod:`chestxr.io.binning`);
@@ -209,8 +214,8 @@ def _decode(
     path: str | PathLike[str], ds: Dataset, *, frame: int | None, max_pixels: int
 ) -> tuple[np.ndarray, str]:
     """Check size, frames and decoder, then decode; returns (array, photometric after decode)."""
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    frames = get_nr_frames(ds, warn=False)
+    rows, columns = _header_int(path, ds, "Rows"), _header_int(path, ds, "Columns")
+    frames = _header_int(path, ds, "NumberOfFrames", default=1) or 1
     if rows <= 0 or columns <= 0:
         raise RadiographReadError(path, f"empty image: Rows={rows}, Columns={columns}")
     if rows * columns * frames > max_pixels:
@@ -230,6 +235,8 @@ def _decode(
         )
 
     tsyntax: UID = ds.file_meta.TransferSyntaxUID
+    if tsyntax.is_encapsulated:
+        _check_codestream(path, ds, tsyntax, frame or 0, frames, (rows, columns), max_pixels)
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError as err:
@@ -265,6 +272,63 @@ def _decode(
         ) from err
     photometric = str(changes.get("photometric_interpretation", photometric)).strip().upper()
     return arr, photometric
+
+
+def _header_int(path: str | PathLike[str], ds: Dataset, keyword: str, default: int = 0) -> int:
+    """An integer header value (Rows, Columns, Number of Frames), checked to be one.
+
+    Raises:
+        RadiographReadError: the value is not a whole number (e.g. Number of Frames '1A').
+    """
+    if keyword not in ds or ds[keyword].value in (None, ""):
+        if default:
+            return default
+        raise RadiographReadError(path, f"the header has no {keyword}")
+    value = ds[keyword].value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number == int(number)):
+        raise RadiographReadError(path, f"{keyword} is not a whole number: {value!r}")
+    return int(number)
+
+
+def _check_codestream(
+    path: str | PathLike[str],
+    ds: Dataset,
+    tsyntax: UID,
+    index: int,
+    frames: int,
+    header_size: tuple[int, int],
+    max_pixels: int,
+) -> None:
+    """Refuse a compressed frame whose codestream is larger than allowed or than the header says.
+
+    Decoders allocate for the codestream's own size (:mod:`chestxr.io.codestream`), so this runs
+    before any decoding.
+
+    Raises:
+        RadiographReadError: the frame cannot be found, its codestream header cannot be read, or
+            its size exceeds ``max_pixels`` or differs from Rows x Columns.
+    """
+    try:
+        data = get_frame(ds.PixelData, index, number_of_frames=frames)
+        size = codestream_size(data, tsyntax)
+    except (CodestreamError, ValueError, struct.error) as err:
+        raise RadiographReadError(
+            path, f"compressed pixel data ({tsyntax.name}) unreadable before decoding: {err}"
+        ) from err
+    if size is None:
+        return
+    (rows, columns), (h_rows, h_columns) = size, header_size
+    if rows * columns > max_pixels or size != header_size:
+        raise RadiographReadError(
+            path,
+            f"the {tsyntax.name} codestream of frame {index} is {rows} x {columns} pixels, the "
+            f"header says {h_rows} x {h_columns} (max_pixels={max_pixels}); refused before "
+            "decoding (decompression-bomb guard)",
+        )
 
 
 def _modality_lut(path: str | PathLike[str], arr: np.ndarray, ds: Dataset) -> np.ndarray:

@@ -40,11 +40,14 @@ import hashlib
 import io
 import logging
 import math
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from chestxr.utils.checkpoints import refused_message
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +107,10 @@ def read_state_file(path: str | Path) -> tuple[object, str]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     data = path.read_bytes()
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(refused_message(path)) from None
     return state, hashlib.sha256(data).hexdigest()
 
 
@@ -328,7 +334,6 @@ def init_from_checkpoint(
     ckpt_path: str | Path,
     *,
     num_outputs: int,
-    weights_only: bool = True,
 ) -> dict[str, object]:
     """Copy the network of a chestxr Lightning checkpoint into ``net``, in place.
 
@@ -340,8 +345,6 @@ def init_from_checkpoint(
         net: the network to initialise.
         ckpt_path: a ``.ckpt`` written by Lightning from a chestxr module.
         num_outputs: the network's output count, checked against ``net.fc``.
-        weights_only: passed to ``torch.load``; set ``False`` only for a trusted file whose
-            hyperparameters hold objects other than primitives.
 
     Returns:
         ``{"adapted": [], "dropped": [keys], "loaded": number of tensors written, "source":
@@ -355,12 +358,7 @@ def init_from_checkpoint(
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if weights_only:
-        ckpt, digest = read_state_file(path)
-    else:
-        data = path.read_bytes()
-        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        digest = hashlib.sha256(data).hexdigest()
+    ckpt, digest = read_state_file(path)
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' mapping)")
     full = ckpt["state_dict"]

@@ -1,0 +1,80 @@
+"""Grad-CAM overlays of unlabelled scans, as PNG figures and DICOM Secondary Captures."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chestxr.data.transforms import geometry
+from chestxr.explain.cam import compute_cams
+from chestxr.explain.overlay import blend_overlay, cam_to_original, overlay_figure
+from chestxr.explain.secondary_capture import write_secondary_capture
+from chestxr.io import RadiographReadError, read_header, read_radiograph
+
+log = logging.getLogger(__name__)
+
+
+def write_scan_overlays(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    paths: list[str],
+    names: list[str],
+    out_dir: Path,
+    *,
+    method: str,
+    target_layer: str,
+    secondary_capture: bool,
+) -> list[str]:
+    """A CAM overlay PNG per scan (``out_dir/NAME.png``, titled NAME), and optionally a Secondary
+    Capture of each DICOM source (``out_dir/NAME_sc.dcm``).
+
+    Args:
+        model: the classifier (its ``hparams.preprocess`` made ``images``).
+        images: ``(B, 1, S, S)`` network inputs of ``paths``.
+        paths: the source files.
+        names: what to call each overlay (an anonymous id: never the file name).
+        out_dir: folder for the files (created).
+        method: CAM method.
+        target_layer: layer the CAM is taken at.
+        secondary_capture: also write Secondary Captures.
+
+    Returns:
+        Per scan, what became of its Secondary Capture: its file name, or ``not written: REASON``
+        (not a DICOM source, or a source the writer cannot reference); "" when not asked for.
+    """
+    pre = dict(model.hparams.preprocess)
+    cams = compute_cams(model, images, output_index=0, method=method, target_layer=target_layer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes = []
+    for cam, path, name in zip(cams, paths, names, strict=True):
+        image = read_radiograph(path, frame=pre.get("frame"), voi=pre.get("voi", "header"))
+        full = cam_to_original(
+            cam, image.shape, geometry(image.shape, pre["image_size"], pre.get("resize", "pad"))
+        )
+        overlay_figure(image, full, out_dir / f"{name}.png", title=name)
+        outcomes.append(
+            _secondary_capture(image, full, path, out_dir / f"{name}_sc.dcm")
+            if secondary_capture
+            else ""
+        )
+    return outcomes
+
+
+def _secondary_capture(image: np.ndarray, cam: np.ndarray, path: str, out: Path) -> str:
+    """Write one Secondary Capture; returns its name or why it was not written."""
+    try:
+        if read_header(path).get("format") != "dicom":
+            return "not written: the source is not a DICOM file"
+        write_secondary_capture(blend_overlay(image, cam), path, out)
+    except OSError:  # a full disk or an unwritable folder stops the run
+        raise
+    except Exception as err:  # the source cannot be referenced: listed, the run goes on
+        reason = (
+            err.reason if isinstance(err, RadiographReadError) else f"{type(err).__name__}: {err}"
+        )
+        log.warning("Secondary Capture %s not written: %s", out.name, reason)
+        return f"not written: {reason}"
+    return out.name

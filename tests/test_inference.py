@@ -1,0 +1,54 @@
+"""Loading checkpoints: a crafted pickle is refused with chestxr's words, its payload never runs."""
+
+from __future__ import annotations
+
+import builtins
+from pathlib import Path
+
+import pytest
+import torch
+
+from chestxr.inference import load_model
+from chestxr.models.pretrained import init_from_checkpoint, load_imagenet_state_dict
+from chestxr.models.resnet import build_resnet18
+
+
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")``: it creates a file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (builtins.open, (self.marker, "w"))
+
+
+def evil(tmp_path) -> tuple[Path, Path]:
+    """A ``torch.save`` file whose unpickling would create ``marker``."""
+    marker, path = tmp_path / "pwned", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": _Payload(str(marker))}}, path)
+    return path, marker
+
+
+def test_crafted_checkpoint_payload_never_runs(tmp_path, monkeypatch):
+    ckpt, marker = evil(tmp_path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(ValueError, match="refusing to load") as info:
+        load_model(ckpt, device=torch.device("cpu"))
+    assert str(ckpt) in str(info.value)
+    assert "weights_only=False" not in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("loader", ["imagenet", "init_checkpoint"])
+def test_crafted_weights_for_fine_tuning_are_refused(tmp_path, monkeypatch, loader):
+    """``model.pretrained=FILE`` and ``model.init_checkpoint=CKPT`` refuse it the same way."""
+    path, marker = evil(tmp_path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(ValueError, match="refusing to load") as info:
+        if loader == "imagenet":
+            load_imagenet_state_dict(path)
+        else:
+            init_from_checkpoint(build_resnet18(1), path, num_outputs=1)
+    assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
+    assert not marker.exists()
