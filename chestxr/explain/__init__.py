@@ -4,7 +4,7 @@
 - :mod:`~chestxr.explain.localisation`: pointing game and CAM-box IoU against annotated boxes.
 - :mod:`~chestxr.explain.faithfulness`: model-randomisation check and deletion curves.
 - :mod:`~chestxr.explain.overlay`: maps back to the original geometry, PNG figures, RGB blends.
-- :mod:`~chestxr.explain.html_report`: the self-contained HTML report.
+- :mod:`~chestxr.explain.report_page`: the self-contained HTML page (Jinja2 template).
 - :mod:`~chestxr.explain.secondary_capture`: overlays as DICOM Secondary Capture objects.
 """
 
@@ -17,7 +17,7 @@ from chestxr.explain.faithfulness import (
     randomise_weights,
     spearman,
 )
-from chestxr.explain.html_report import ReportEntry, outcome, overlay_key, write_report_html
+from chestxr.explain.report_page import ReportEntry, outcome, overlay_key, write_report_html
 from chestxr.explain.localisation import boxes_to_input, cam_box_iou, cam_peak, pointing_game
 from chestxr.explain.overlay import blend_overlay, cam_to_original, overlay_figure
 from chestxr.explain.secondary_capture import write_secondary_capture
