@@ -14,6 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from chestxr.explain.cam import check_methods
 from chestxr.explain.report_builder import report_model
 from chestxr.inference import load_model
 from chestxr.utils.files import ensure_fresh_run_dir
@@ -25,6 +26,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     """Report ``cfg.ckpt_path`` on the data config's ``cfg.split`` split."""
     from chestxr.evaluate import data_for_model
 
+    check_methods(list(cfg.report.methods))  # before any folder or model: fail fast
     out_dir = ensure_fresh_run_dir(cfg.paths.output_dir)
     model = load_model(cfg.ckpt_path)
     return report_model(model, data_for_model(cfg.data, model), out_dir, cfg.report, cfg.split)

@@ -294,7 +294,7 @@ def _boxes(
     if not any(per):
         return per
     k = 1
-    if pre.get("binning", False):
+    if pre.get("binning", True):  # preprocessing()'s default
         head = read_header(path)  # the original size (header only: no pixel data read)
         side = "longest" if pre.get("resize", "pad") == "pad" else "shortest"
         k = bin_factor((int(head["rows"]), int(head["columns"])), int(pre["image_size"]), side)
