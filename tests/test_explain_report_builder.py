@@ -32,25 +32,24 @@ def _report(setup, name: str, monkeypatch=None, **overrides):
 
 
 def test_constant_cams_give_null_with_a_reason_and_each_scan_is_read_once(setup, monkeypatch):
-    import chestxr.io.monai_loader as loader
+    import chestxr.io.reader as reader
 
     model = setup["model"]
-    fc = (
-        dict(model.named_modules())["net.net.fc"]
-        if "net.net.fc" in dict(model.named_modules())
-        else next(m for n, m in model.named_modules() if n.endswith("fc"))
-    )
+    fc = next(m for n, m in model.named_modules() if n.endswith("fc"))
     with torch.no_grad():  # the logit no longer depends on the image: every CAM is flat
         saved = fc.weight.clone()
         fc.weight.zero_()
     reads: list[str] = []
-    real = loader.read_radiograph
 
-    def counting(path, **kwargs):
-        reads.append(str(path))
-        return real(path, **kwargs)
+    def counted(real):
+        def read(path, *args, **kwargs):
+            reads.append(str(path))
+            return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(loader, "read_radiograph", counting)
+        return read
+
+    for name in ("read_dicom", "read_raster"):  # every pixel read, whichever function asks
+        monkeypatch.setattr(reader, name, counted(getattr(reader, name)))
     try:
         metrics = _report(setup, "flat", max_scans=10, methods=["gradcam", "gradcam++"])
     finally:
