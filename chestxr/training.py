@@ -37,14 +37,9 @@ _TRAINER_FILLED = ("precision", "callbacks", "logger")
 
 
 def _evaluation_functions() -> tuple[Any, Any, Any]:
-    """``(fit_thresholds, evaluate_model, report_model)``.
-
-    TODO(merge): they still live in the command modules ``chestxr.evaluate`` and
-    ``chestxr.report``; switch these imports to ``chestxr.evaluation`` and ``chestxr.explain``
-    when those helpers' branches land (a library must not import a command).
-    """
+    """``(fit_thresholds, evaluate_model, report_model)``, imported when the run gets there."""
     from chestxr.evaluation.run import evaluate_model, fit_thresholds
-    from chestxr.report import report_model  # TODO(merge): chestxr.explain
+    from chestxr.explain.report_builder import report_model
 
     return fit_thresholds, evaluate_model, report_model
 

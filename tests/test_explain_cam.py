@@ -130,3 +130,117 @@ def test_layer4_cells_are_centred_on_stride_multiples_and_upsampled_there():
     up = stride_aligned_upsampler((256, 256))(cam)[0, 0]
     peak = divmod(int(up.argmax()), 256)
     assert peak == (96, 128)
+
+
+# -- the methods against independent full-backward computations ----------------------------------
+
+
+def _full_backward(
+    model: nn.Module, x: torch.Tensor, layer: str, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Activations and d(logit_k)/dA by a plain backward through everything (parameters too)."""
+    model.zero_grad()
+    store = {}
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda m, i, o: store.setdefault("a", o))
+    try:
+        x = x.clone().requires_grad_(True)
+        out = model(x)
+        store["a"].retain_grad()
+        out[:, k].sum().backward()
+    finally:
+        handle.remove()
+    return store["a"].detach().numpy(), store["a"].grad.numpy()
+
+
+def _eq19_maps(acts: np.ndarray, grads: np.ndarray, size: int) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhyay et al. 2018, Eq. 19) in numpy, then the shared post-processing."""
+    from chestxr.explain.cam import stride_aligned_upsampler
+
+    g2, g3 = grads**2, grads**3
+    denom = 2 * g2 + acts.sum(axis=(2, 3), keepdims=True) * g3
+    alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=denom != 0)
+    weights = (alpha * np.maximum(grads, 0)).sum(axis=(2, 3))
+    cam = np.maximum((weights[:, :, None, None] * acts).sum(axis=1, keepdims=True), 0)
+    up = stride_aligned_upsampler((size, size))(torch.from_numpy(cam))[:, 0].numpy()
+    lo = up.reshape(len(up), -1).min(1)[:, None, None]
+    hi = up.reshape(len(up), -1).max(1)[:, None, None]
+    return np.where(hi > lo, (up - lo) / np.where(hi > lo, hi - lo, 1), 0)
+
+
+@pytest.mark.parametrize("layer", ["layer2", "layer3", "layer4"])
+def test_gradcampp_is_eq19_on_any_layer(layer: str) -> None:
+    # float64 so that alpha's division does not amplify rounding; two outputs, one forward
+    model = _model(2, seed=1).double()
+    x = _images(3, seed=2).double()
+    ours = compute_cams(model, x, output_index=1, method="gradcam++", target_layer=layer)
+    acts, grads = _full_backward(model, x, layer, 1)
+    expected = _eq19_maps(acts, grads, 64)
+    assert expected.reshape(3, -1).max(1).min() == 1.0  # informative maps, not all zeros
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("shift", [89.0, -95.0])
+def test_gradcampp_does_not_depend_on_the_logit_magnitude(shift: float) -> None:
+    model = _model(1)
+    x = _images(2)
+    before = compute_cams(model, x, method="gradcam++", target_layer="layer4")
+    with torch.no_grad():
+        model.fc.bias += shift
+    after = compute_cams(model, x, method="gradcam++", target_layer="layer4")
+    assert before.reshape(2, -1).max(1).min() == 1.0
+    np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", ["layer3", "layer4"])
+def test_gradcam_equals_monai_full_backward(layer: str) -> None:
+    from monai.visualize import GradCAM as MonaiGradCAM
+
+    from chestxr.explain.cam import _normalise, stride_aligned_upsampler
+
+    model = _model(2, seed=3)
+    x = _images(3, seed=4)
+    ours = compute_cams(model, x, output_index=1, method="gradcam", target_layer=layer)
+    reference = (
+        MonaiGradCAM(model, layer, upsampler=stride_aligned_upsampler, postprocessing=_normalise)(
+            x, class_idx=1
+        )[:, 0]
+        .detach()
+        .numpy()
+    )
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_all_outputs_and_methods_from_one_forward_without_parameter_gradients() -> None:
+    from chestxr.explain.cam import cam_maps
+
+    model = _model(3)
+    x = _images(2)
+    calls = {"forward": 0, "stem_backward": 0}
+    model.conv1.register_forward_hook(lambda *a: calls.__setitem__("forward", calls["forward"] + 1))
+    model.conv1.register_full_backward_hook(
+        lambda *a: calls.__setitem__("stem_backward", calls["stem_backward"] + 1)
+    )
+    maps = cam_maps(model, x, methods=["gradcam", "gradcam++"], target_layer="layer3")
+    assert calls == {"forward": 1, "stem_backward": 0}
+    assert all(p.grad is None for p in model.parameters())
+    for method, got in maps.items():
+        assert got.shape == (2, 3, 64, 64)
+        for k in range(3):
+            single = compute_cams(model, x, output_index=k, method=method, target_layer="layer3")
+            np.testing.assert_allclose(got[:, k], single, atol=1e-6)
+
+
+def test_registry_is_the_one_list_of_methods() -> None:
+    from chestxr.explain.cam import CAM_REGISTRY, BaseCAM, check_methods, register_cam
+
+    assert set(CAM_REGISTRY) >= {"gradcam", "gradcam++"}
+    with pytest.raises(ValueError, match="'lime'"):
+        check_methods(["gradcam", "lime"])
+    with pytest.raises(ValueError, match="already registered"):
+        register_cam("gradcam")(BaseCAM)
+    model = _model(1)
+    cam = CAM_REGISTRY["gradcam"](model, target_layer="layer3")
+    np.testing.assert_allclose(
+        cam(_images(2))[:, 0], compute_cams(model, _images(2), target_layer="layer3"), atol=1e-6
+    )

@@ -111,3 +111,23 @@ def test_report_rejects_duplicates_and_missing_images(tmp_path, pngs) -> None:
     with pytest.raises(FileNotFoundError, match=r"missing\.png"):
         write_report_html(tmp_path / "r.html", entries, title="t", output_names=["pneumonia"])
     assert not (tmp_path / "r.html").exists()
+
+
+def test_scans_without_images_are_listed_but_get_no_card_and_the_gallery_links(
+    tmp_path, pngs
+) -> None:
+    entries = _entries(pngs)
+    entries[3].image_png = None  # the TN scan: not sampled
+    for e in entries[:3]:
+        e.thumbnails = {"pneumonia": pngs["gradcam"]}
+    text = write_report_html(
+        tmp_path / "r.html", entries, title="t", output_names=["pneumonia"]
+    ).read_text(encoding="utf-8")
+    assert text.count("<div class='card'") == 4
+    index = text[text.index("class='index'") : text.index("id='cards'")]
+    assert "<td>s4</td>" in index and ">s4</a>" not in index  # listed, not linked
+    assert "5 scans, 4 shown as cards" in text
+    links = re.findall(r"<a class='thumb (\w+)' data-outcome='\w+' href='#card-(\d+)'", text)
+    assert links == [("TP", "0"), ("FP", "1"), ("FN", "2")]
+    for _, i in links:
+        assert f"id='card-{i}'" in text

@@ -77,12 +77,12 @@ def page(report):
 
 
 def _load_images(page: Page) -> list[list[float]]:
-    """Scroll to each image as a reader would (they are lazy), wait until it is decoded, and
+    """Scroll to each card image as a reader would (they are lazy), wait until it is decoded, and
     return (complete, natural width, natural height, width and height on the page) for each."""
     return page.js(
         """(async () => {
           const out = [];
-          for (const img of document.images) {
+          for (const img of document.querySelectorAll("div.card img")) {
             if (img.offsetParent === null) continue;  // hidden by a filter
             img.scrollIntoView(); await img.decode();
             const r = img.getBoundingClientRect();

@@ -45,7 +45,7 @@ def test_readme_main_command(tmp_path):
         n_test = sum(1 for _ in csv.DictReader(f))
     html = (run / "report" / "report.html").read_text()
     assert html.count("class='card") == n_test
-    assert len(list((run / "report" / "overlays").glob("*_gradcam.png"))) == n_test
+    assert len(list((run / "report" / "overlays").glob("*_gradcam.jpg"))) == n_test
     cams = json.loads((run / "report" / "cam_metrics.json").read_text())["outputs"]["opacity"]
     assert cams["gradcam"]["pointing_game"] >= 0.80
     assert cams["gradcam"]["pointing_game_strict"] >= 0.70

@@ -120,7 +120,7 @@ def test_report_has_one_card_per_test_scan(trained):
     n_test = len(trained["datamodule"].rows("test"))
     n = min(n_test, 12)  # report.max_scans
     assert html.count("class='card") == n
-    assert len(list((rep / "overlays").glob("*_gradcam.png"))) == n
+    assert len(list((rep / "overlays").glob("*_gradcam.jpg"))) == n
     cams = json.loads((rep / "cam_metrics.json").read_text())
     assert cams["n_scans"] == n and "gradcam" in cams["outputs"]["opacity"]
     # Zhang et al.'s 15 px at 224, scaled to the 64 px input; the tolerant game never scores lower
@@ -128,7 +128,7 @@ def test_report_has_one_card_per_test_scan(trained):
     game = cams["outputs"]["opacity"]["gradcam"]
     if game["pointing_game_n"]:
         assert game["pointing_game"] >= game["pointing_game_strict"]
-    assert "<script" in html and "data:image/png;base64," in html and "http://" not in html
+    assert "<script" in html and "data:image/jpeg;base64," in html and "http://" not in html
 
 
 def test_evaluate_and_report_entry_points(trained):

@@ -1,4 +1,12 @@
-"""Grad-CAM and Grad-CAM++ maps through MONAI, safe to call from inside inference mode."""
+"""Class activation maps: one small class per method over a shared base, and a registry.
+
+:class:`BaseCAM` runs the model once, keeps the target layer's activations ``A`` and takes
+``d(logit_k)/dA`` for every requested output ``k`` with :func:`torch.autograd.grad` on ``A`` alone:
+the layers before the target are run without autograd and no parameter gets a gradient. A method
+only says how to weight the channels (:meth:`BaseCAM.cam_weights`); the map is
+``relu(sum_c w_c A_c)``, upsampled onto the input pixels its cells are centred on and scaled to
+[0, 1]. To add a method, write a subclass and decorate it with :func:`register_cam`.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +14,17 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.visualize import GradCAM, GradCAMpp, ModelWithHooks
 from torch import nn
 
 log = logging.getLogger(__name__)
 
-CAM_METHODS = ("gradcam", "gradcam++")
+#: Method name -> class; filled by :func:`register_cam`. The one place that lists the methods.
+CAM_REGISTRY: dict[str, type[BaseCAM]] = {}
 
 
 def stride_aligned_upsampler(
@@ -50,49 +59,6 @@ def stride_aligned_upsampler(
     return up
 
 
-class _RemovableHooks(ModelWithHooks):
-    """MONAI's ``ModelWithHooks`` that can take its hooks off the model again.
-
-    MONAI registers its hooks for good: every new ``GradCAM(model, ...)`` would leave two more
-    hooks (and references to the last activations) on the caller's model. This subclass keeps the
-    handles, so :func:`compute_cams` leaves the model as it found it.
-    """
-
-    def __init__(self, model: nn.Module, target_layer: str) -> None:
-        layer = dict(model.named_modules()).get(target_layer)
-        if layer is None or not target_layer:
-            names = [n for n, _ in model.named_children()]
-            raise ValueError(
-                f"target_layer {target_layer!r} is not a module of the model; top-level names: "
-                f"{names}"
-            )
-        super().__init__(model, target_layer, register_forward=False, register_backward=False)
-        self.register_forward = self.register_backward = True
-        self._handles = [
-            layer.register_forward_hook(self.forward_hook(target_layer)),
-            layer.register_full_backward_hook(self.backward_hook(target_layer)),
-        ]
-
-    def class_score(self, logits: torch.Tensor, class_idx: int) -> torch.Tensor:
-        # MONAI squeezes the score to (B,); Grad-CAM++ then multiplies exp(score) with the
-        # (B, C, h, w) gradient, which broadcasts along the width axis instead of the batch
-        # whenever B > 1. Shaped (B, 1, 1, 1) it scales each image's gradient by its own score.
-        if logits.ndim != 2 or not 0 <= class_idx < logits.shape[1]:
-            raise ValueError(
-                f"output_index {class_idx} out of range for logits of shape {tuple(logits.shape)}"
-            )
-        return logits[:, class_idx].reshape(-1, 1, 1, 1)
-
-    def remove(self) -> None:
-        """Take the hooks off the model and drop the cached tensors."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self.activations.clear()
-        self.gradients.clear()
-        self.score = None
-
-
 def _normalise(maps: torch.Tensor) -> torch.Tensor:
     """Scale each map of a ``(B, 1, H, W)`` batch to [0, 1] (min to 0, max to 1); flat maps → 0."""
     flat = maps.flatten(1)
@@ -125,6 +91,271 @@ def _frozen_eval(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+@contextmanager
+def _frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode, parameters without ``requires_grad``, their ``.grad`` kept; all restored after.
+
+    The maps need gradients with respect to the target layer's activations only, so the
+    parameters need none: faster, and a model being trained keeps its accumulated gradients.
+    """
+    was_training = model.training
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag, grad in zip(params, flags, grads, strict=True):
+            p.requires_grad_(flag)
+            p.grad = grad
+        model.train(was_training)
+
+
+def _layer(model: nn.Module, target_layer: str) -> nn.Module:
+    layer = dict(model.named_modules()).get(target_layer) if target_layer else None
+    if layer is None:
+        names = [n for n, _ in model.named_children()]
+        raise ValueError(
+            f"target_layer {target_layer!r} is not a module of the model; top-level names: {names}"
+        )
+    return layer
+
+
+@contextmanager
+def _activations_as_leaf(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Replace the layer's output by a detached copy that requires grad; the hook is removed after.
+
+    The layers before it are then outside the autograd graph (nothing upstream requires grad), so
+    a gradient stops at the target layer. Yields the list the activations are appended to.
+    """
+    seen: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        leaf = output.detach().requires_grad_(True)
+        seen.append(leaf)
+        return leaf
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def activations_and_gradients(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    target_layer: str,
+    outputs: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass, then ``d(logit_k)/dA`` for each output ``k`` with respect to ``A`` only.
+
+    Works inside ``torch.inference_mode()`` or ``torch.no_grad()`` (a Lightning step): the pass
+    runs on a fresh copy of the input with gradients switched back on. The model is in eval mode
+    for the call; its mode, ``requires_grad`` flags and ``.grad`` tensors are restored after, and
+    no hook is left on it.
+
+    Args:
+        model: maps ``(B, C, S, S)`` images to ``(B, K)`` logits.
+        images: ``(B, C, S, S)`` or ``(C, S, S)``, moved to the model's device and dtype.
+        target_layer: dotted module name (``model.named_modules()``), e.g. ``"net.layer4"``.
+        outputs: logits to explain; all ``K`` by default.
+
+    Returns:
+        ``A`` ``(B, c, h, w)`` and the gradients ``(len(outputs), B, c, h, w)``.
+
+    Raises:
+        ValueError: bad ``images`` shape, an output index out of range, ``target_layer`` not
+            found or not run exactly once by the forward pass.
+    """
+    x = torch.as_tensor(images)
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
+    layer = _layer(model, target_layer)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else x.device
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        _frozen_eval(model),
+        _activations_as_leaf(layer) as seen,
+    ):
+        # A clone made outside inference mode is a normal tensor that autograd can record.
+        inp = x.detach().to(device=device, dtype=dtype).clone()
+        logits = model(inp)
+        if len(seen) != 1:
+            raise ValueError(f"target_layer {target_layer!r} ran {len(seen)} times, expected once")
+        if logits.ndim != 2:
+            raise ValueError(f"model output must be (B, K) logits, got {tuple(logits.shape)}")
+        wanted = list(range(logits.shape[1])) if outputs is None else [int(k) for k in outputs]
+        for k in wanted:
+            if not 0 <= k < logits.shape[1]:
+                raise ValueError(
+                    f"output_index {k} out of range for logits of shape {tuple(logits.shape)}"
+                )
+        acts = seen[0]
+        grads = [
+            torch.autograd.grad(logits[:, k].sum(), acts, retain_graph=i < len(wanted) - 1)[0]
+            for i, k in enumerate(wanted)
+        ]
+    return acts.detach(), torch.stack(grads)
+
+
+class BaseCAM:
+    """A CAM method: channel weights from activations and gradients; the rest is shared.
+
+    Subclasses set :attr:`name` (through :func:`register_cam`) and override :meth:`cam_weights`.
+
+    Args:
+        model: maps ``(B, C, S, S)`` images to ``(B, K)`` logits (for the Lightning module,
+            which normalises its input itself, the module with ``target_layer="net.layer4"``).
+        target_layer: dotted name of the module whose activations are weighted.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module, target_layer: str = "layer4") -> None:
+        _layer(model, target_layer)
+        self.model = model
+        self.target_layer = target_layer
+
+    @staticmethod
+    def cam_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """Channel weights ``(B, c)`` from activations and one output's gradients."""
+        raise NotImplementedError
+
+    @classmethod
+    def maps(cls, acts: torch.Tensor, grads: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """``(B, S, S)`` maps in [0, 1] of one output from its ``(B, c, h, w)`` gradients."""
+        weights = cls.cam_weights(acts, grads)[:, :, None, None]
+        cam = F.relu((weights * acts).sum(1, keepdim=True))
+        return _normalise(stride_aligned_upsampler(size)(cam))[:, 0]
+
+    def __call__(
+        self, images: torch.Tensor | np.ndarray, outputs: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Maps of each output, from one forward pass.
+
+        Args:
+            images: ``(B, C, S, S)`` or ``(C, S, S)``.
+            outputs: logits to explain; all by default.
+
+        Returns:
+            ``(B, len(outputs), S, S)`` float32 in [0, 1], each map's maximum 1 (a map with no
+            positive evidence is all zeros).
+        """
+        return cam_maps(
+            self.model,
+            images,
+            methods=[self.name],
+            target_layer=self.target_layer,
+            outputs=outputs,
+        )[self.name]
+
+
+def register_cam(name: str) -> Callable[[type[BaseCAM]], type[BaseCAM]]:
+    """Class decorator: add a :class:`BaseCAM` subclass to :data:`CAM_REGISTRY` under ``name``.
+
+    Raises:
+        ValueError: ``name`` is taken.
+    """
+
+    def add(cls: type[BaseCAM]) -> type[BaseCAM]:
+        if name in CAM_REGISTRY:
+            raise ValueError(f"CAM method {name!r} is already registered ({CAM_REGISTRY[name]})")
+        cls.name = name
+        CAM_REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+@register_cam("gradcam")
+class GradCAM(BaseCAM):
+    """Grad-CAM (Selvaraju et al. 2017): each channel weighted by its mean gradient."""
+
+    @staticmethod
+    def cam_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        return grads.mean(dim=(2, 3))
+
+
+@register_cam("gradcam++")
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++ (Chattopadhyay et al. 2018, Eq. 19, exponential score).
+
+    With ``g = d(logit)/dA``: ``alpha_ij = g_ij^2 / (2 g_ij^2 + sum_ab A_ab g_ij^3)`` (0 where the
+    denominator is 0) and ``w = sum_ij alpha_ij relu(g_ij)``. The ``exp(logit)`` factor of the
+    paper's score cancels in ``alpha`` and is a positive constant in ``w``, so it is left out: the
+    maps do not depend on the logit's magnitude (no overflow).
+    """
+
+    @staticmethod
+    def cam_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        g2 = grads.square()
+        denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grads
+        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, 1.0), 0.0)
+        return (alpha * F.relu(grads)).sum(dim=(2, 3))
+
+
+def cam_methods() -> tuple[str, ...]:
+    """Names of the registered CAM methods."""
+    return tuple(CAM_REGISTRY)
+
+
+def check_methods(methods: Sequence[str], key: str = "report.methods") -> list[str]:
+    """``methods`` as a list, each a registered method.
+
+    Raises:
+        ValueError: an unknown method (quoted, with ``key`` and the known ones).
+    """
+    if isinstance(methods, str):
+        methods = [methods]
+    for m in methods:
+        if m not in CAM_REGISTRY:
+            raise ValueError(f"{key}: unknown CAM method {m!r}; known: {sorted(CAM_REGISTRY)}")
+    return list(methods)
+
+
+def cam_maps(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    *,
+    methods: Sequence[str],
+    target_layer: str = "layer4",
+    outputs: Sequence[int] | None = None,
+) -> dict[str, np.ndarray]:
+    """Maps of several methods and outputs from ONE forward pass.
+
+    Args:
+        model: as for :class:`BaseCAM`.
+        images: ``(B, C, S, S)`` or ``(C, S, S)``.
+        methods: registered method names.
+        target_layer: dotted module name.
+        outputs: logits to explain; all by default.
+
+    Returns:
+        method -> ``(B, len(outputs), S, S)`` float32 in [0, 1].
+
+    Raises:
+        ValueError: an unknown method, or see :func:`activations_and_gradients`.
+    """
+    classes = [CAM_REGISTRY[m] for m in check_methods(methods, key="method")]
+    acts, grads = activations_and_gradients(model, images, target_layer, outputs)
+    size = tuple(torch.as_tensor(images).shape[-2:])
+    out = {}
+    for cls in classes:
+        maps = torch.stack([cls.maps(acts, g, size) for g in grads], dim=1)
+        out[cls.name] = maps.detach().float().cpu().numpy()
+    log.debug("computed %s maps of %d outputs for %d images", methods, len(grads), len(acts))
+    return out
+
+
 def compute_cams(
     model: nn.Module,
     images: torch.Tensor | np.ndarray,
@@ -135,56 +366,29 @@ def compute_cams(
 ) -> np.ndarray:
     """Class activation maps of one output, upsampled to the input size and scaled to [0, 1].
 
-    Works when the caller is inside ``torch.inference_mode()`` or ``torch.no_grad()`` (as in a
-    Lightning validation or predict step): the maps are computed on a fresh copy of the input
-    with gradients switched back on. The model is put in eval mode for the call and its mode,
-    ``requires_grad`` flags and ``.grad`` tensors are restored afterwards; no hooks are left on it.
+    A thin wrapper over :func:`cam_maps`; see there and :func:`activations_and_gradients`.
 
     Args:
-        model: any module mapping ``(B, C, S, S)`` images to ``(B, K)`` logits (for the
-            Lightning module, which normalises its input itself, the module itself with
-            ``target_layer="net.layer4"``).
-        images: ``(B, C, S, S)`` or ``(C, S, S)`` batch, moved to the model's device.
+        model: maps ``(B, C, S, S)`` images to ``(B, K)`` logits.
+        images: ``(B, C, S, S)`` or ``(C, S, S)``.
         output_index: which logit (finding) the map explains, in ``[0, K)``.
-        method: ``"gradcam"`` or ``"gradcam++"``.
-        target_layer: dotted name of the module whose activations and gradients are used
-            (``model.named_modules()`` lists the names); the last residual stage by default.
+        method: a registered method (:data:`CAM_REGISTRY`): ``"gradcam"``, ``"gradcam++"``.
+        target_layer: dotted name of the module whose activations are used.
 
     Returns:
-        ``(B, S, S)`` float32 array in [0, 1], each map scaled so its maximum is 1 (a map with no
-        positive evidence is all zeros).
+        ``(B, S, S)`` float32 array in [0, 1].
 
     Raises:
         ValueError: unknown ``method``, bad ``images`` shape, ``output_index`` out of range or
             ``target_layer`` not found.
     """
-    if method not in CAM_METHODS:
-        raise ValueError(f"method must be one of {CAM_METHODS}, got {method!r}")
-    x = torch.as_tensor(images)
-    if x.ndim == 3:
-        x = x.unsqueeze(0)
-    if x.ndim != 4:
-        raise ValueError(f"images must be (B, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
-    if output_index < 0:
-        raise ValueError(f"output_index must be >= 0, got {output_index}")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else x.device
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-
-    hooks = _RemovableHooks(model, target_layer)
-    cam_cls = GradCAM if method == "gradcam" else GradCAMpp
-    cam = cam_cls(
-        nn_module=hooks,
-        target_layers=target_layer,
-        postprocessing=_normalise,
-        upsampler=stride_aligned_upsampler,
+    if method not in CAM_REGISTRY:
+        raise ValueError(f"method must be one of {cam_methods()}, got {method!r}")
+    maps = cam_maps(
+        model, images, methods=[method], target_layer=target_layer, outputs=[output_index]
     )
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), _frozen_eval(model):
-            # A clone made outside inference mode is a normal tensor that autograd can record.
-            inp = x.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
-            maps = cam(inp, class_idx=output_index)
-    finally:
-        hooks.remove()
-    log.debug("computed %s maps of output %d for %d images", method, output_index, len(x))
-    return maps[:, 0].detach().float().cpu().numpy()
+    return maps[method][:, 0]
+
+
+#: The registered method names (kept for callers that import the tuple).
+CAM_METHODS = cam_methods()

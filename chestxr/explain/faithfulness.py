@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 from monai.networks.layers import GaussianFilter
+from scipy.stats import spearmanr
 from torch import nn
 
 from chestxr.explain.cam import compute_cams
@@ -29,22 +30,15 @@ _NORM_LAYERS = (
 DELETION_BASELINES = ("blur", "mean")
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks from 0, ties sharing their average rank (as ``scipy.stats.rankdata``, minus 1)."""
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return ((ends - counts + ends - 1) / 2.0)[inverse.ravel()]
-
-
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two equally sized arrays (NaN when either is constant).
+    """Spearman rank correlation (``scipy.stats.spearmanr``, tie-averaged ranks) of two arrays.
 
     Args:
         a: any shape; flattened.
         b: same number of elements as ``a``.
 
     Returns:
-        The Pearson correlation of the tie-averaged ranks.
+        The correlation; NaN when either array is constant (undefined).
 
     Raises:
         ValueError: the sizes differ.
@@ -52,10 +46,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.ravel(a), np.ravel(b)
     if a.size != b.size:
         raise ValueError(f"arrays differ in size: {a.size} vs {b.size}")
-    ra, rb = _ranks(a), _ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
-    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
 
 
 def randomise_weights(model: nn.Module, *, seed: int = 0) -> nn.Module:
@@ -109,7 +102,7 @@ def randomisation_check(
         model: the trained model (not modified: a randomised deep copy is used).
         images: ``(B, C, S, S)`` batch.
         output_index: the output explained.
-        method: ``"gradcam"`` or ``"gradcam++"``.
+        method: a registered CAM method (``"gradcam"``, ``"gradcam++"``).
         target_layer: as for :func:`~chestxr.explain.cam.compute_cams`.
         seed: seed of the random weights.
 
