@@ -52,3 +52,38 @@ def test_crafted_weights_for_fine_tuning_are_refused(tmp_path, monkeypatch, load
             init_from_checkpoint(build_resnet18(1), path, num_outputs=1)
     assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
     assert not marker.exists()
+
+
+def test_metrics_are_computed_in_fp32_whatever_the_cpu(monkeypatch):
+    """predict_dataset (evaluation, operating points, report) runs in fp32 even where the
+    device's fastest precision is bf16: bf16 would tie close scores and move the AUC."""
+    from chestxr import keys
+    from chestxr.inference import predict_dataset
+    from chestxr.models.module import ChestXRClassifier
+
+    monkeypatch.setattr("chestxr.inference.best_precision", lambda *_: "bf16-mixed")
+    torch.manual_seed(0)
+    model = ChestXRClassifier(
+        task="binary",
+        classes=["a", "b"],
+        preprocess={"image_size": 32},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True},
+        channels_last=False,
+    ).eval()
+    images = torch.rand(6, 1, 32, 32)
+    data = [
+        {
+            keys.IMAGE: images[i],
+            keys.TARGET: torch.tensor([i % 2.0]),
+            keys.PATH: f"x{i}",
+            keys.PATIENT_ID: f"p{i}",
+            keys.INDEX: i,
+        }
+        for i in range(6)
+    ]
+    with torch.no_grad():
+        expected = model(images).float().numpy()
+    got = predict_dataset(model, data, batch_size=3)["logit"]
+    assert got == pytest.approx(expected, abs=1e-5)
+    bf16 = predict_dataset(model, data, batch_size=3, precision=None)["logit"]
+    assert bf16 != pytest.approx(expected, abs=1e-5)  # the other path really is bf16
