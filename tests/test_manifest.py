@@ -116,6 +116,9 @@ def test_splits_keep_patients_together_and_stratify():
     n = len(np.unique(pid))
     assert abs(len(patients["test"]) / n - 0.2) < 0.03
     assert abs(len(patients["val"]) / n - 0.15) < 0.03
+    # stratified: each split holds the label mix of the whole (30% positives)
+    for split in ("train", "val", "test"):
+        assert abs(y[s == split].mean() - y.mean()) < 0.05, split
     # the same seed gives the same split, another seed another one
     assert (assign_splits(pid, y, seed=1, val_fraction=0.15, test_fraction=0.2) == s).all()
     assert (assign_splits(pid, y, seed=2, val_fraction=0.15, test_fraction=0.2) != s).any()
