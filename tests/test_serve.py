@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +28,9 @@ def make_checkpoint(path: Path, threshold: float = 0.5, seed: int = 0) -> Path:
     """A small chestxr checkpoint (random weights, 64 px, a stored operating point)."""
     torch.manual_seed(seed)
     model = ChestXRClassifier(
-        task="binary", classes=["normal", "opacity"], preprocess={"image_size": 64},
+        task="binary",
+        classes=["normal", "opacity"],
+        preprocess={"image_size": 64},
         optimizer=OPT,
     )
     model.thresholds.fill_(threshold)
@@ -80,3 +81,195 @@ def make_radiograph(
         setattr(ds, keyword, value)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+# ----------------------------------------------------------------------------- spool
+
+
+def test_spool_put_is_atomic_idempotent_and_survives_restart(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    assert spool.put("1.2.3", b"first") is True
+    assert spool.put("1.2.3", b"second") is False  # same SOP Instance UID: kept once
+    assert spool.put("1.2.4", b"other") is True
+    files = sorted(p.name for p in (tmp_path / "spool" / "pending").iterdir())
+    assert files == sorted(f"{spool_key(u)}.dcm" for u in ("1.2.3", "1.2.4"))  # no temp left
+    assert (tmp_path / "spool/pending" / f"{spool_key('1.2.3')}.dcm").read_bytes() == b"first"
+    # a worker claims one and crashes before finishing; the other was finished
+    (held,) = [i for i in spool.claim(8) if i.key == spool_key("1.2.3")]
+    other = next(i for i in spool.pending() if i.key == spool_key("1.2.4"))
+    spool.finish(other, {"reason": "x"}, ok=False)
+    restarted = Spool(tmp_path / "spool")
+    assert [i.key for i in restarted.claim(8)] == [held.key]  # pending again after a restart
+    assert restarted.state(spool_key("1.2.4")) == "failed"
+    assert restarted.put("1.2.4", b"again") is False  # a finished instance is not taken again
+
+
+def test_spool_recover_drops_pending_whose_outcome_is_recorded(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.put("9.9", b"x")
+    (item,) = spool.claim(1)
+    # crash after the record was written but before the pending file was removed
+    (tmp_path / "done" / f"{item.key}.json").write_text('{"ok": 1}')
+    assert Spool(tmp_path).recover() == 0
+    assert not item.path.exists()
+
+
+def test_spool_refuses_an_instance_without_uid(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="SOP Instance UID"):
+        Spool(tmp_path).put("  ", b"x")
+
+
+def test_metrics_percentiles_and_unknown_counter() -> None:
+    m = Metrics()
+    assert m.snapshot()["latency_scored_p50_s"] is None
+    for v in range(1, 101):
+        m.latency("scored", v / 100)
+    snap = m.snapshot(pending=3)
+    assert snap["latency_scored_p50_s"] == pytest.approx(0.505)
+    assert snap["latency_scored_p95_s"] == pytest.approx(0.9505)
+    assert snap["pending"] == 3
+    with pytest.raises(KeyError, match="nope"):
+        m.count("nope")
+
+
+# ----------------------------------------------------------------------------- the node
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("model") / "model.ckpt")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_config(ckpt: Path, state: Path, **over: object) -> dict:
+    cfg = {
+        "ckpt_path": str(ckpt),
+        "state_dir": str(state),
+        "ae_title": "CHESTXR",
+        "bind": "127.0.0.1",
+        "port": free_port(),
+        "allowed_calling_ae_titles": ["MODALITY"],
+        "destination": {"host": None},
+        "retry": {"backoff_s": 0.2, "backoff_max_s": 2.0},
+        "batch_size": 4,
+        "workers": 1,
+        "cams": True,
+        "cam_method": "gradcam",
+        "http_port": free_port(),
+        "tls": {},
+    }
+    cfg.update(over)
+    return cfg
+
+
+def c_store(port: int, paths: list[Path], calling: str = "MODALITY") -> list[int] | None:
+    """Send files with pynetdicom as a modality would; None when the association is refused."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    for p in {str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in paths}:
+        ae.add_requested_context(p, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CHESTXR")
+    if not assoc.is_established:
+        return None
+    try:
+        return [int(assoc.send_c_store(pydicom.dcmread(p)).Status) for p in paths]
+    finally:
+        assoc.release()
+
+
+def wait_for(cond, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.1)
+
+
+def test_node_scores_once_rejects_unknown_ae_and_bad_files(
+    ckpt: Path, tmp_path: Path, caplog
+) -> None:
+    from chestxr.serve.node import Node
+
+    caplog.set_level("INFO")
+    good = [make_radiograph(tmp_path / f"g{i}.dcm", seed=i) for i in range(2)]
+    lateral = make_radiograph(tmp_path / "lat.dcm", seed=5, ViewPosition="LL")
+    hand = make_radiograph(tmp_path / "hand.dcm", seed=6, BodyPartExamined="HAND")
+    broken = make_radiograph(tmp_path / "broken.dcm", seed=7)
+    ds = pydicom.dcmread(broken)
+    ds.PixelData = ds.PixelData[:100]  # header says 96 x 96, data holds 50 pixels
+    ds.save_as(broken, enforce_file_format=True)
+    cfg = node_config(ckpt, tmp_path / "state")
+    node = Node(cfg).start()
+    try:
+        assert c_store(cfg["port"], good[:1], calling="INTRUDER") is None  # unknown AE title
+        assert node.metrics.snapshot()["received"] == 0
+        statuses = c_store(cfg["port"], [*good, good[0], lateral, hand, broken])
+        assert statuses == [0] * 6
+        wait_for(
+            lambda: (
+                node.spool.counts()["pending"] == 0
+                and sum(node.spool.counts()[k] for k in ("done", "failed")) == 5
+            )
+        )
+        counts = node.spool.counts()
+        assert (counts["done"], counts["failed"]) == (2, 3)
+        snap = node.metrics.snapshot()
+        assert (snap["received"], snap["duplicates"], snap["scored"]) == (5, 1, 2)
+        # one SR and one SC per good instance, in its study, referencing it
+        outbox = tmp_path / "state/results/outbox"
+        for path in good:
+            src = pydicom.dcmread(path)
+            key = spool_key(src.SOPInstanceUID)
+            sr = pydicom.dcmread(outbox / f"{key}.sr.dcm")
+            sc = pydicom.dcmread(outbox / f"{key}.sc.dcm")
+            for obj in (sr, sc):
+                assert obj.StudyInstanceUID == src.StudyInstanceUID
+                assert obj.PatientID == src.PatientID  # the patient module stays (PACS needs it)
+            assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+            refs = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+            assert refs[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+            assert sc.BurnedInAnnotation == "YES" and sc.Rows > src.Rows  # banner on top
+            record = node.spool.record(key)
+            assert record["state"] == "done"
+            prob = record["outputs"][0]["probability"]
+            assert record["outputs"][0]["decision"] == (prob >= 0.5)
+        assert len(list(outbox.glob("*.dcm"))) == 4
+        reasons = sorted(
+            json.loads(p.read_text())["reason"] for p in (tmp_path / "state/spool/failed").iterdir()
+        )
+        assert "BodyPartExamined is 'HAND'" in reasons[0]
+        assert "ViewPosition is 'LL'" in reasons[1]
+        assert reasons[2].startswith("unreadable")
+        # the same instance again after scoring: no second result
+        assert c_store(cfg["port"], good[:1]) == [0]
+        time.sleep(0.5)
+        assert len(list(outbox.glob("*.dcm"))) == 4
+        # HTTP face
+        base = f"http://127.0.0.1:{cfg['http_port']}"
+        health = json.load(urllib.request.urlopen(base + "/health"))
+        assert health["status"] == "ok"
+        req = urllib.request.Request(base + "/score", data=good[1].read_bytes(), method="POST")
+        answer = json.load(urllib.request.urlopen(req))
+        assert answer["outputs"][0]["probability"] == pytest.approx(prob, abs=1e-5)
+        req = urllib.request.Request(base + "/score", data=lateral.read_bytes(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req)
+        assert err.value.code == 422 and "ViewPosition" in json.load(err.value)["error"]
+        metrics = json.load(urllib.request.urlopen(base + "/metrics"))
+        assert metrics["failed"] == 4 and metrics["latency_scored_p95_s"] is not None
+    finally:
+        node.stop()
+    # no patient identifiers in the logs
+    text = caplog.text
+    for path in [*good, lateral, hand, broken]:
+        src = pydicom.dcmread(path, stop_before_pixels=True)
+        for value in (src.SOPInstanceUID, src.StudyInstanceUID, src.PatientID, "Doe"):
+            assert str(value) not in text

@@ -63,7 +63,13 @@ class Node:
 
     def extra_metrics(self) -> dict[str, Any]:
         """Spool and outbox sizes for ``/metrics``."""
-        return {**self.spool.counts(), "outbox": len(self.sender.waiting())}
+        counts = self.spool.counts()
+        return {
+            "pending": counts["pending"],
+            "spool_done": counts["done"],
+            "spool_failed": counts["failed"],
+            "outbox": len(self.sender.waiting()),
+        }
 
     def start(self) -> Node:
         """Start every part (returns at once)."""

@@ -11,7 +11,6 @@ from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
-    DigitalXRayImageProcessingStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
     SecondaryCaptureImageStorage,
@@ -27,7 +26,6 @@ ACCEPTED_SOP_CLASSES: tuple[UID, ...] = (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
-    DigitalXRayImageProcessingStorage,
     SecondaryCaptureImageStorage,
 )
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
