@@ -102,8 +102,16 @@ def test_storescu_to_node_to_orthanc(tmp_path: Path) -> None:
         )
         assert sent.returncode == 0, sent.stderr
         refused = subprocess.run(
-            [storescu, "-aet", "STRANGER", "-aec", "CHESTXR", "127.0.0.1", str(cfg["port"])]
-            + files[:1],
+            [
+                storescu,
+                "-aet",
+                "STRANGER",
+                "-aec",
+                "CHESTXR",
+                "127.0.0.1",
+                str(cfg["port"]),
+                *files[:1],
+            ],
             capture_output=True,
             text=True,
             timeout=60,
