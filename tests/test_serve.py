@@ -273,3 +273,221 @@ def test_node_scores_once_rejects_unknown_ae_and_bad_files(
         src = pydicom.dcmread(path, stop_before_pixels=True)
         for value in (src.SOPInstanceUID, src.StudyInstanceUID, src.PatientID, "Doe"):
             assert str(value) not in text
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+class FakePacs:
+    """A pynetdicom Storage SCP that records every result it is sent (the destination's stand-in).
+
+    ``stored`` maps each received SOP Instance UID to (SOP Class UID, the source instance it
+    references, how many times it was sent).
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stored: dict[str, list] = {}
+        self._server = None
+
+    def _handle(self, event) -> int:
+        ds = event.dataset
+        if "SourceImageSequence" in ds:
+            source = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+        else:
+            seq = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+            source = seq[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        entry = self.stored.setdefault(str(ds.SOPInstanceUID), [str(ds.SOPClassUID), source, 0])
+        entry[2] += 1
+        return 0x0000
+
+    def start(self) -> FakePacs:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+        from chestxr.serve.sender import RESULT_SOP_CLASSES
+
+        ae = AE(ae_title="PACS")
+        for sop in RESULT_SOP_CLASSES:
+            ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle)]
+        )
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+    def results_per_source(self) -> dict[str, dict[str, int]]:
+        """For each source instance: how many distinct results of each SOP class arrived."""
+        out: dict[str, dict[str, int]] = {}
+        for sop_class, source, _ in self.stored.values():
+            per = out.setdefault(str(source), {})
+            per[sop_class] = per.get(sop_class, 0) + 1
+        return out
+
+
+def test_results_queued_while_the_pacs_is_down_arrive_once_it_is_up(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    from chestxr.serve.node import Node
+
+    pacs_port = free_port()
+    cfg = node_config(
+        ckpt,
+        tmp_path / "state",
+        destination={"host": "127.0.0.1", "port": pacs_port, "ae_title": "PACS"},
+        http_port=None,
+        retry={"backoff_s": 0.1, "backoff_max_s": 0.5},
+    )
+    good = [make_radiograph(tmp_path / f"g{i}.dcm", seed=i) for i in range(3)]
+    node = Node(cfg).start()
+    pacs = FakePacs(pacs_port)
+    try:
+        assert c_store(cfg["port"], good) == [0, 0, 0]
+        outbox = tmp_path / "state/results/outbox"
+        # the PACS is down: the results wait in the outbox and the sender keeps failing
+        wait_for(lambda: len(list(outbox.glob("*.dcm"))) == 6 and node.spool.counts()["done"] == 3)
+        wait_for(lambda: node.metrics.snapshot()["send_errors"] >= 6)
+        assert node.metrics.snapshot()["sent"] == 0
+        pacs.start()
+        wait_for(lambda: not list(outbox.glob("*.dcm")), timeout=30)
+        time.sleep(0.5)
+        per_source = pacs.results_per_source()
+        sources = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in good}
+        assert set(per_source) == sources
+        for counts in per_source.values():
+            assert sorted(counts.values()) == [1, 1] and len(counts) == 2  # one SR, one SC
+        assert node.metrics.snapshot()["sent"] == 6
+        assert len(list((tmp_path / "state/results/sent").glob("*.dcm"))) == 6
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def test_a_result_the_pacs_keeps_refusing_is_set_aside(ckpt: Path, tmp_path: Path) -> None:
+    from chestxr.serve.sender import Destination, Sender
+
+    pacs_port = free_port()
+    pacs = FakePacs(pacs_port)
+    pacs._handle = lambda event: 0xA700  # out of resources, every time
+    pacs.start()
+    outbox = tmp_path / "results/outbox"
+    src = make_radiograph(tmp_path / "src.dcm")
+    from chestxr.serve.worker import Scorer
+
+    scorer = Scorer(ckpt, cams=False)
+    from chestxr.serve import results
+
+    ds = pydicom.dcmread(src, stop_before_pixels=True)
+    results.write_sr(
+        ds, {"outputs": scorer.outputs(np.array([0.7]))}, scorer.info, outbox / "k.sr.dcm"
+    )
+    metrics = Metrics()
+    sender = Sender(
+        outbox,
+        Destination("127.0.0.1", pacs_port, "PACS"),
+        metrics,
+        backoff_s=0.0,
+        max_rejections=3,
+    )
+    try:
+        for _ in range(3):
+            sender.send(sender.waiting())
+    finally:
+        pacs.stop()
+    assert not sender.waiting()
+    assert [p.name for p in (tmp_path / "results/rejected").iterdir()] == ["k.sr.dcm"]
+    assert metrics.snapshot()["sent"] == 0
+
+
+def start_node_process(cfg: dict, log_path: Path):
+    """``python -m chestxr.serve`` as a subprocess with ``cfg``; returns once it accepts C-ECHO."""
+    import os
+    import subprocess
+    import sys
+
+    from pynetdicom import AE
+
+    dest = cfg["destination"]
+    args = [
+        f"ckpt_path={cfg['ckpt_path']}",
+        f"state_dir={cfg['state_dir']}",
+        f"port={cfg['port']}",
+        f"allowed_calling_ae_titles=[{','.join(cfg['allowed_calling_ae_titles'])}]",
+        f"destination.host={dest['host']}",
+        f"destination.port={dest['port']}",
+        f"destination.ae_title={dest['ae_title']}",
+        f"retry.backoff_s={cfg['retry']['backoff_s']}",
+        f"retry.backoff_max_s={cfg['retry']['backoff_max_s']}",
+        f"batch_size={cfg['batch_size']}",
+        f"cams={str(cfg['cams']).lower()}",
+        "http_port=null",
+        f"hydra.run.dir={Path(cfg['state_dir']).parent / 'hydra'}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    log = open(log_path, "a")  # noqa: SIM115 (lives as long as the process)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chestxr.serve", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+    def echo() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"node exited with {proc.returncode}: {log_path.read_text()}")
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", cfg["port"], ae_title="CHESTXR")
+        if not assoc.is_established:
+            return False
+        assoc.release()
+        return True
+
+    wait_for(echo, timeout=120)
+    return proc
+
+
+@pytest.mark.slow
+def test_node_killed_mid_stream_loses_no_acknowledged_instance(ckpt: Path, tmp_path: Path) -> None:
+    """SIGKILL after some C-STOREs were acknowledged; the restarted node scores each once."""
+    import signal
+
+    pacs = FakePacs(free_port()).start()
+    cfg = node_config(
+        ckpt,
+        tmp_path / "state",
+        destination={"host": "127.0.0.1", "port": pacs.port, "ae_title": "PACS"},
+        retry={"backoff_s": 0.1, "backoff_max_s": 0.5},
+        batch_size=2,
+    )
+    files = [make_radiograph(tmp_path / f"g{i}.dcm", seed=i, size=256) for i in range(10)]
+    log_path = tmp_path / "node.log"
+    proc = start_node_process(cfg, log_path)
+    try:
+        assert c_store(cfg["port"], files) == [0] * len(files)  # all acknowledged
+        proc.send_signal(signal.SIGKILL)  # at once: most are still pending or mid-batch
+        proc.wait(timeout=30)
+        spool = Spool(tmp_path / "state/spool")
+        assert spool.counts()["pending"] > 0, "killed too late to test anything"
+        proc = start_node_process(cfg, log_path)
+        assert c_store(cfg["port"], files[:2]) == [0, 0]  # re-sent after the crash: no 2nd result
+        sources = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+        wait_for(lambda: len(pacs.results_per_source()) == len(files), timeout=180)
+        time.sleep(1.0)
+        assert set(pacs.results_per_source()) == sources
+        for counts in pacs.results_per_source().values():
+            assert sorted(counts.values()) == [1, 1] and len(counts) == 2  # one SR, one SC
+        assert spool.counts() == {"pending": 0, "done": len(files), "failed": 0}
+        proc.send_signal(signal.SIGTERM)  # a clean shutdown
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pacs.stop()
+    text = log_path.read_text()
+    for path in files:
+        src = pydicom.dcmread(path, stop_before_pixels=True)
+        for value in (src.SOPInstanceUID, src.StudyInstanceUID, src.PatientID, "Doe"):
+            assert str(value) not in text

@@ -47,6 +47,7 @@ class Node:
             received_ns=self._received_ns,
             backoff_s=float(cfg["retry"]["backoff_s"]),
             backoff_max_s=float(cfg["retry"]["backoff_max_s"]),
+            max_rejections=int(cfg["retry"].get("max_rejections", 5)),
         )
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -2,7 +2,9 @@
 
 A file stays in ``outbox/`` until the destination has accepted it, then moves to ``sent/``; when
 the destination is down nothing is lost, and everything is sent once it is back (also after a
-restart of the node).
+restart of the node). Connection failures are retried without end (the delay is capped by
+``backoff_max_s``); a file the destination *refuses* (a C-STORE failure status) ``max_rejections``
+times moves to ``rejected/`` with a warning, so that one bad result cannot block the queue.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Destination:
 @dataclass
 class _Backoff:
     attempts: int = 0
+    rejections: int = 0
     next_try: float = 0.0
 
 
@@ -54,6 +57,7 @@ class Sender:
         received_ns: maps a file's spool key to its reception time, for the latency.
         backoff_s: first retry delay; doubled per failure up to ``backoff_max_s``.
         max_per_association: files sent over one association.
+        max_rejections: refusals by the destination before a file moves to ``rejected/``.
     """
 
     outbox: Path
@@ -64,14 +68,16 @@ class Sender:
     backoff_max_s: float = 60.0
     timeout_s: float = 10.0
     max_per_association: int = 64
+    max_rejections: int = 5
     poll_s: float = 0.1
     _state: dict[str, _Backoff] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.outbox = Path(self.outbox)
         self.sent = self.outbox.parent / "sent"
-        self.outbox.mkdir(parents=True, exist_ok=True)
-        self.sent.mkdir(parents=True, exist_ok=True)
+        self.rejected = self.outbox.parent / "rejected"
+        for folder in (self.outbox, self.sent, self.rejected):
+            folder.mkdir(parents=True, exist_ok=True)
         self.wake = threading.Event()
 
     def waiting(self) -> list[Path]:
@@ -107,6 +113,24 @@ class Sender:
         self.metrics.count("send_errors", len(files))
         log.warning("could not send %d results (%s); retrying with back-off", len(files), why)
 
+    def _refused(self, path: Path, code: int) -> None:
+        st = self._state.setdefault(path.name, _Backoff())
+        st.rejections += 1
+        if st.rejections >= self.max_rejections:
+            os.replace(path, self.rejected / path.name)
+            self._state.pop(path.name, None)
+            self.metrics.count("send_errors")
+            log.error(
+                "%s refused %s %d times (status 0x%04X); moved to %s",
+                self.destination.ae_title if self.destination else "destination",
+                path.name,
+                st.rejections,
+                code,
+                self.rejected,
+            )
+            return
+        self._failed([path], f"C-STORE status 0x{code:04X}")
+
     def send(self, files: list[Path]) -> int:
         """Send ``files`` over one association; returns how many were accepted."""
         dest = self.destination
@@ -133,8 +157,11 @@ class Sender:
                         break
                     continue
                 code = getattr(status, "Status", None)
-                if code is None or (code != 0x0000 and (code & 0xF000) != 0xB000):
-                    self._failed([path], f"C-STORE status {code!r}")
+                if code is None:  # no answer (timeout, aborted): a transport failure
+                    self._failed([path], "no C-STORE response")
+                    continue
+                if code != 0x0000 and (code & 0xF000) != 0xB000:
+                    self._refused(path, code)
                     continue
                 self._done(path)
                 ok += 1

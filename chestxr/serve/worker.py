@@ -168,11 +168,15 @@ class Worker:
         prob, maps = self.scorer.score(torch.stack([g[2] for g in good]))
         for j, (item, ds, _) in enumerate(good):
             result = {"outputs": self.scorer.outputs(prob[j])}
-            files = [str(results.write_sr(ds, result, self.scorer.info, self._out(item, "sr")))]
-            if maps is not None:
-                rgb = adapter.overlay(item.path, maps[j], self.scorer.info["preprocess"])
-                sc = results.build_sc(ds, rgb, result, self.scorer.info, self._out(item, "sc"))
-                files.append(str(sc))
+            try:
+                files = self._write_results(item, ds, result, None if maps is None else maps[j])
+            except OSError:
+                raise  # e.g. a full disk: the batch stays pending and is retried
+            except Exception as err:  # one instance whose results cannot be built: no poison pill
+                for kind in ("sr", "sc"):
+                    self._out(item, kind).unlink(missing_ok=True)
+                self._fail(item, f"results not written: {type(err).__name__}: {err}", ds)
+                continue
             latency = (time.time_ns() - item.received_ns) / 1e9
             record = {
                 "id": anonymous_id(str(ds.SOPInstanceUID), prefix="scan"),
@@ -192,6 +196,17 @@ class Worker:
                 record["id"],
                 ", ".join(f"{o['name']}={o['probability']:.3f}" for o in result["outputs"]),
             )
+
+    def _write_results(
+        self, item: Item, ds: Dataset, result: dict[str, Any], cam: np.ndarray | None
+    ) -> list[str]:
+        files = [str(results.write_sr(ds, result, self.scorer.info, self._out(item, "sr")))]
+        if cam is not None:
+            rgb = adapter.overlay(item.path, cam, self.scorer.info["preprocess"])
+            files.append(
+                str(results.build_sc(ds, rgb, result, self.scorer.info, self._out(item, "sc")))
+            )
+        return files
 
     def _out(self, item: Item, kind: str) -> Path:
         return self.outbox / f"{item.key}.{kind}.dcm"
