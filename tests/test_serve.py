@@ -486,7 +486,10 @@ def test_node_killed_mid_stream_loses_no_acknowledged_instance(ckpt: Path, tmp_p
         if proc.poll() is None:
             proc.kill()
         pacs.stop()
-    text = log_path.read_text()
+    text = log_path.read_text() + "".join(
+        p.read_text() for p in (tmp_path / "hydra").rglob("*.log")
+    )  # the console and Hydra's job log
+    assert "scored scan-" in text  # the logs do name instances, by anonymised ids
     for path in files:
         src = pydicom.dcmread(path, stop_before_pixels=True)
         for value in (src.SOPInstanceUID, src.StudyInstanceUID, src.PatientID, "Doe"):

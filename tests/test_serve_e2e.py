@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from chestxr.serve.spool import spool_key
 from tests.test_serve import free_port, make_checkpoint, make_radiograph, node_config, wait_for
@@ -31,9 +32,12 @@ def dcmtk_storescu() -> str | None:
     return None
 
 
-def start_orthanc(tmp: Path, node_port: int) -> tuple[subprocess.Popen, int, int]:
-    """Orthanc on free loopback ports with its own storage; returns (process, http, dicom)."""
-    http, dicom = free_port(), free_port()
+def start_orthanc(
+    tmp: Path, node_port: int, http: int | None = None, dicom: int | None = None
+) -> tuple[subprocess.Popen, int, int]:
+    """Orthanc on loopback ports (free ones unless given) with its own storage under ``tmp``
+    (started again on the same ``tmp`` it keeps what it stored); returns (process, http, dicom)."""
+    http, dicom = http or free_port(), dicom or free_port()
     config = {
         "Name": "chestxr-test",
         "StorageDirectory": str(tmp / "storage"),
@@ -50,7 +54,7 @@ def start_orthanc(tmp: Path, node_port: int) -> tuple[subprocess.Popen, int, int
     }
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "orthanc.json").write_text(json.dumps(config))
-    log = open(tmp / "orthanc.log", "w")  # noqa: SIM115 (closed with the process)
+    log = open(tmp / "orthanc.log", "a")  # noqa: SIM115 (closed with the process)
     proc = subprocess.Popen(
         [shutil.which("Orthanc") or "Orthanc", str(tmp / "orthanc.json")],
         stdout=log,
@@ -130,6 +134,68 @@ def test_storescu_to_node_to_orthanc(tmp_path: Path) -> None:
         record = node.spool.record(spool_key(pydicom.dcmread(lateral).SOPInstanceUID))
         assert record["state"] == "failed" and "ViewPosition is 'LATERAL'" in record["reason"]
         assert not list((tmp_path / "state/results/outbox").glob("*.dcm"))  # all sent
+    finally:
+        node.stop()
+        orthanc.terminate()
+        orthanc.wait(timeout=30)
+
+
+REAL_GOOD = (
+    "pylibjpeg-data/RG1_J2KI.dcm",  # CR, CHEST PA, JPEG 2000
+    "highdicom/dx_image.dcm",  # DX, THORAX, no view, uncompressed
+    "dcmfx-fo-dicom/CR-ModalitySequenceLUT.dcm",  # CR, no body part or view, JPEG lossless
+)
+REAL_CORRUPT = "pylibjpeg-data/RG2_JPLY.dcm"  # CR, HIP, 12-bit JPEG Extended that no decoder reads
+
+
+@pytest.mark.slow
+def test_storescu_sends_real_radiographs_to_node_to_orthanc(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Real radiographs (compressed ones too) by DCMTK's storescu: SR and SC in Orthanc for each
+    good one, a failure record with its reason for the corrupt one."""
+    storescu = dcmtk_storescu()
+    if shutil.which("Orthanc") is None or storescu is None:
+        pytest.skip("needs Debian's orthanc and dcmtk (apt-get install orthanc dcmtk)")
+    from chestxr.serve.node import Node
+
+    xray = shared_data / "dicom" / "xray"
+    good = [xray / name for name in REAL_GOOD]
+    corrupt = xray / REAL_CORRUPT
+    # the same corrupt pixel data, but labelled a chest radiograph: fails on decoding, not header
+    relabelled = pydicom.dcmread(corrupt)
+    relabelled.BodyPartExamined = "CHEST"
+    relabelled.SOPInstanceUID = relabelled.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    relabelled.save_as(tmp_path / "corrupt_chest.dcm")
+    bad = [corrupt, tmp_path / "corrupt_chest.dcm"]
+    ckpt = make_checkpoint(tmp_path / "model.ckpt")
+    cfg = node_config(ckpt, tmp_path / "state", allowed_calling_ae_titles=["ME"], http_port=None)
+    orthanc, http, dicom = start_orthanc(tmp_path / "orthanc", cfg["port"])
+    cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC"}
+    node = Node(cfg).start()
+    try:
+        # -R: propose each file's own (compressed) transfer syntax, as a modality would
+        cmd = [storescu, "-R", "-aet", "ME", "-aec", "CHESTXR", "127.0.0.1", str(cfg["port"])]
+        sent = subprocess.run(
+            [*cmd, *map(str, good + bad)], capture_output=True, text=True, timeout=120
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert node.metrics.snapshot()["received"] == len(good) + len(bad)
+        wait_for(lambda: len(rest(http, "/instances")) >= 2 * len(good), timeout=300)
+        wait_for(lambda: node.spool.counts()["pending"] == 0, timeout=120)
+        time.sleep(1.0)
+        tags = orthanc_instances(http)
+        assert len(tags) == 2 * len(good)
+        for path in good:
+            src = pydicom.dcmread(path, stop_before_pixels=True)
+            mine = [t for t in tags if t["StudyInstanceUID"] == src.StudyInstanceUID]
+            assert sorted(t["SOPClassUID"] for t in mine) == sorted([SR_CLASS, SC_CLASS])
+            assert node.spool.record(spool_key(src.SOPInstanceUID))["state"] == "done"
+        header = node.spool.record(spool_key(pydicom.dcmread(corrupt).SOPInstanceUID))
+        assert header["state"] == "failed" and "BodyPartExamined is 'HIP'" in header["reason"]
+        pixels = node.spool.record(spool_key(str(relabelled.SOPInstanceUID)))
+        assert pixels["state"] == "failed"
+        assert pixels["reason"].startswith("unreadable: pixel data could not be decoded")
     finally:
         node.stop()
         orthanc.terminate()

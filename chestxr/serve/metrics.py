@@ -42,6 +42,11 @@ class Metrics:
         with self._lock:
             self._latency[kind].append(float(seconds))
 
+    def latencies(self, kind: str) -> list[float]:
+        """The recorded latencies of ``kind`` (``scored`` or ``sent``), oldest first."""
+        with self._lock:
+            return list(self._latency[kind])
+
     def snapshot(self, **extra: Any) -> dict[str, Any]:
         """Counters, latency p50/p95 in seconds (null when none yet), and ``extra``."""
         with self._lock:

@@ -67,6 +67,7 @@ def make_ae(ae_title: str, allowed_calling: Sequence[str]) -> AE:
         raise ValueError("allowed_calling_ae_titles is empty: list the modalities/PACS that send")
     ae = AE(ae_title=ae_title)
     ae.require_calling_aet = allowed
+    ae.require_called_aet = True  # a sender must address us by our AE title
     for sop in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
