@@ -140,6 +140,16 @@ def test_storescu_to_node_to_orthanc(tmp_path: Path) -> None:
         orthanc.wait(timeout=30)
 
 
+# storescu's option proposing a file's compressed transfer syntax (else it converts or fails)
+STORESCU_PROPOSE = {
+    "1.2.840.10008.1.2.4.50": "-xy",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "-xx",  # JPEG extended (12 bit)
+    "1.2.840.10008.1.2.4.70": "-xs",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80": "-xt",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "-xu",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": "-xv",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": "-xw",  # JPEG 2000
+}
 REAL_GOOD = (
     "pylibjpeg-data/RG1_J2KI.dcm",  # CR, CHEST PA, JPEG 2000
     "highdicom/dx_image.dcm",  # DX, THORAX, no view, uncompressed
@@ -174,12 +184,14 @@ def test_storescu_sends_real_radiographs_to_node_to_orthanc(
     cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC"}
     node = Node(cfg).start()
     try:
-        # -R: propose each file's own (compressed) transfer syntax, as a modality would
-        cmd = [storescu, "-R", "-aet", "ME", "-aec", "CHESTXR", "127.0.0.1", str(cfg["port"])]
-        sent = subprocess.run(
-            [*cmd, *map(str, good + bad)], capture_output=True, text=True, timeout=120
-        )
-        assert sent.returncode == 0, sent.stderr
+        cmd = [storescu, "-aet", "ME", "-aec", "CHESTXR", "127.0.0.1", str(cfg["port"])]
+        for path in good + bad:  # each in its own transfer syntax, as a modality would send it
+            ts = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+            option = STORESCU_PROPOSE.get(ts, "-x=")
+            sent = subprocess.run(
+                [*cmd, option, str(path)], capture_output=True, text=True, timeout=120
+            )
+            assert sent.returncode == 0, f"{path.name} ({ts}, {option}): {sent.stderr}"
         assert node.metrics.snapshot()["received"] == len(good) + len(bad)
         wait_for(lambda: len(rest(http, "/instances")) >= 2 * len(good), timeout=300)
         wait_for(lambda: node.spool.counts()["pending"] == 0, timeout=120)
