@@ -170,14 +170,16 @@ def node_config(ckpt: Path, state: Path, **over: object) -> dict:
     return cfg
 
 
-def c_store(port: int, paths: list[Path], calling: str = "MODALITY") -> list[int] | None:
+def c_store(
+    port: int, paths: list[Path], calling: str = "MODALITY", called: str = "CHESTXR"
+) -> list[int] | None:
     """Send files with pynetdicom as a modality would; None when the association is refused."""
     from pynetdicom import AE
 
     ae = AE(ae_title=calling)
     for p in {str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in paths}:
         ae.add_requested_context(p, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="CHESTXR")
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
         return None
     try:
@@ -211,6 +213,7 @@ def test_node_scores_once_rejects_unknown_ae_and_bad_files(
     node = Node(cfg).start()
     try:
         assert c_store(cfg["port"], good[:1], calling="INTRUDER") is None  # unknown AE title
+        assert c_store(cfg["port"], good[:1], called="OTHER") is None  # not addressed to us
         assert node.metrics.snapshot()["received"] == 0
         statuses = c_store(cfg["port"], [*good, good[0], lateral, hand, broken])
         assert statuses == [0] * 6
