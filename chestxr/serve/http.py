@@ -1,0 +1,106 @@
+"""The HTTP face for non-DICOM callers (standard library only).
+
+``POST /score`` with a DICOM or PNG/JPEG body returns the JSON result (or 422 with the reason);
+``GET /health`` says the node is up; ``GET /metrics`` gives the counters and latency percentiles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from chestxr.serve.metrics import Metrics
+from chestxr.serve.worker import NotScorable, Scorer, check_frontal_chest
+
+log = logging.getLogger(__name__)
+MAX_BODY = 256 * 1024 * 1024
+
+
+def score_bytes(scorer: Scorer, data: bytes, scratch: Path) -> dict[str, Any]:
+    """Score one uploaded file.
+
+    Raises:
+        NotScorable: the file cannot be read or is not a frontal chest radiograph.
+    """
+    with tempfile.NamedTemporaryFile(dir=scratch, suffix=".upload") as f:
+        f.write(data)
+        f.flush()
+        if data[128:132] == b"DICM":
+            try:
+                check_frontal_chest(pydicom.dcmread(f.name, stop_before_pixels=True))
+            except NotScorable:
+                raise
+            except Exception as err:
+                raise NotScorable(f"unreadable DICOM: {type(err).__name__}: {err}") from err
+        image = scorer.prepare(Path(f.name))
+    prob, _ = scorer.score(image[None])
+    info = scorer.info
+    return {
+        "outputs": scorer.outputs(prob[0]),
+        "model_name": info["model_name"],
+        "model_version": info["model_version"],
+        "config_hash": info["config_hash"],
+        "research_use_only": True,
+    }
+
+
+def make_server(
+    bind: str, port: int, scorer: Scorer, metrics: Metrics, scratch: Path, extra: Any = None
+) -> ThreadingHTTPServer:
+    """The HTTP server (not yet serving). ``extra()`` adds fields to ``/metrics``."""
+    scratch.mkdir(parents=True, exist_ok=True)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, code: int, body: dict[str, Any]) -> None:
+            data = (json.dumps(body, allow_nan=False) + "\n").encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self._reply(200, {"status": "ok", "model_version": scorer.info["model_version"]})
+            elif self.path == "/metrics":
+                self._reply(200, metrics.snapshot(**(extra() if extra else {})))
+            else:
+                self._reply(404, {"error": f"unknown path {self.path!r}"})
+
+        def do_POST(self) -> None:
+            if self.path not in ("/score", "/"):
+                self._reply(404, {"error": f"unknown path {self.path!r}; POST to /score"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 < length <= MAX_BODY:
+                self._reply(400, {"error": f"body length {length} not in 1..{MAX_BODY}"})
+                return
+            data = self.rfile.read(length)
+            metrics.count("received")
+            try:
+                result = score_bytes(scorer, data, scratch)
+            except NotScorable as err:
+                metrics.count("failed")
+                self._reply(422, {"error": str(err)})
+                return
+            metrics.count("scored")
+            self._reply(200, result)
+
+        def log_message(self, format: str, *args: Any) -> None:  # no client data in logs
+            log.debug("http %s %s", self.command, self.path)
+
+    return ThreadingHTTPServer((bind, port), Handler)
+
+
+def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    """Run ``server`` in a daemon thread."""
+    thread = threading.Thread(target=server.serve_forever, name="chestxr-http", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,113 @@
+"""The whole node: spool, scorer, workers, sender, DICOM SCP and HTTP face, started together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from chestxr.serve import scp
+from chestxr.serve.http import make_server, serve_in_thread
+from chestxr.serve.metrics import Metrics
+from chestxr.serve.sender import Destination, Sender
+from chestxr.serve.spool import Spool
+from chestxr.serve.worker import Scorer, Worker
+
+log = logging.getLogger(__name__)
+# highdicom logs the source UIDs it copies at INFO: no identifiers in our logs
+logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
+class Node:
+    """A running chestxr DICOM AI node.
+
+    Args:
+        cfg: the ``serve`` config (see ``conf/serve.yaml``) as a mapping.
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        state = Path(cfg["state_dir"]).expanduser()
+        self.spool = Spool(state / "spool")
+        self.outbox = state / "results" / "outbox"
+        self.metrics = Metrics()
+        self.scorer = Scorer(cfg["ckpt_path"], cams=cfg["cams"], cam_method=cfg["cam_method"])
+        self.workers = [
+            Worker(self.spool, self.scorer, self.outbox, self.metrics, batch_size=cfg["batch_size"])
+            for _ in range(int(cfg["workers"]))
+        ]
+        dest = cfg.get("destination") or {}
+        self.sender = Sender(
+            self.outbox,
+            Destination(dest["host"], int(dest["port"]), dest["ae_title"], cfg["ae_title"])
+            if dest.get("host")
+            else None,
+            self.metrics,
+            received_ns=self._received_ns,
+            backoff_s=float(cfg["retry"]["backoff_s"]),
+            backoff_max_s=float(cfg["retry"]["backoff_max_s"]),
+            max_rejections=int(cfg["retry"].get("max_rejections", 5)),
+        )
+        self.stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._scp: Any = None
+        self._http: Any = None
+
+    def _received_ns(self, key: str) -> int | None:
+        rec = self.spool.record(key)
+        return rec.get("received_ns") if rec else None
+
+    def _wake(self) -> None:
+        for w in self.workers:
+            w.wake.set()
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """Spool and outbox sizes for ``/metrics``."""
+        counts = self.spool.counts()
+        return {
+            "pending": counts["pending"],
+            "spool_done": counts["done"],
+            "spool_failed": counts["failed"],
+            "outbox": len(self.sender.waiting()),
+        }
+
+    def start(self) -> Node:
+        """Start every part (returns at once)."""
+        for i, w in enumerate(self.workers):
+            self._start(w.run, f"chestxr-worker-{i}")
+        self._start(self.sender.run, "chestxr-sender")
+        cfg = self.cfg
+        tls = cfg.get("tls") or {}
+        ctx = scp.tls_context(tls["cert"], tls["key"], tls.get("ca")) if tls.get("cert") else None
+        ae = scp.make_ae(cfg["ae_title"], list(cfg["allowed_calling_ae_titles"]))
+        handler = scp.make_store_handler(self.spool, self.metrics, self._wake)
+        self._scp = scp.start_scp(ae, cfg["bind"], int(cfg["port"]), handler, ctx)
+        if cfg.get("http_port"):
+            self._http = make_server(
+                cfg["bind"],
+                int(cfg["http_port"]),
+                self.scorer,
+                self.metrics,
+                Path(cfg["state_dir"]).expanduser() / "http",
+                self.extra_metrics,
+            )
+            serve_in_thread(self._http)
+            log.info("HTTP on %s:%d (/score, /health, /metrics)", cfg["bind"], cfg["http_port"])
+        return self
+
+    def _start(self, target: Any, name: str) -> None:
+        t = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        """Stop accepting, finish the current batch, stop the threads."""
+        if self._scp is not None:
+            self._scp.shutdown()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(timeout=30)

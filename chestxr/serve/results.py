@@ -1,0 +1,193 @@
+"""Results in DICOM: a Comprehensive 3D SR with the finding and a Grad-CAM Secondary Capture.
+
+Both objects go into the source's study (new series), reference the source image and get SOP
+Instance UIDs derived from the source's UID and the model's version, so scoring an instance again
+(after a crash) makes the same objects, which a PACS stores once.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import matplotlib
+import numpy as np
+import pydicom
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from chestxr.serve import adapter
+from chestxr.utils.files import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+RESEARCH_ONLY = "RESEARCH USE, NOT FOR DIAGNOSIS"
+PLAIN_CHEST_XRAY = hd.sr.CodedConcept("399208008", "SCT", "Plain chest X-ray")
+FINDING_SCHEME = "99CHESTXR"
+SR_SERIES_NUMBER = 9002
+SC_SERIES_NUMBER = 9001
+
+
+def derived_uid(source_uid: str, model_version: str, what: str) -> str:
+    """A UID that is the same every time the same model scores the same instance."""
+    return generate_uid(entropy_srcs=[source_uid, model_version, what])
+
+
+def _finding(name: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(name[:16].upper(), FINDING_SCHEME, name)
+
+
+def build_sr(source: Dataset, result: dict[str, Any], info: dict[str, Any]) -> Dataset:
+    """The Structured Report of one scored instance (TID 1500 measurement report).
+
+    Args:
+        source: the source image's data set (pixels not needed).
+        result: ``outputs``: list of ``{name, probability, threshold, decision}``.
+        info: the model description from :func:`chestxr.serve.adapter.load`.
+    """
+    version = info["model_version"]
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=info["model_name"],
+        version=f"chestxr {info['chestxr_version']} model {version}",
+        parameters=[f"config_hash={info['config_hash']}"],
+    )
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid("device", version, "observer"),
+            name="chestxr",
+            manufacturer_name="chestxr",
+            model_name=info["model_name"],
+            serial_number=version,
+        ),
+    )
+    groups = []
+    for i, out in enumerate(result["outputs"]):
+        present = codes.SCT.Present if out["decision"] else codes.SCT.Absent
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=derived_uid(source.SOPInstanceUID, version, f"group{i}"),
+                    identifier=f"chestxr {out['name']}",
+                ),
+                algorithm_id=algorithm,
+                finding_type=_finding(out["name"]),
+                measurements=[
+                    hd.sr.Measurement(
+                        name=codes.DCM.Probability,
+                        value=float(out["probability"]),
+                        unit=hd.sr.CodedConcept("1", "UCUM", "no units"),
+                        algorithm_id=algorithm,
+                    ),
+                    hd.sr.Measurement(
+                        name=hd.sr.CodedConcept("THRESHOLD", FINDING_SCHEME, "Operating point"),
+                        value=float(out["threshold"]),
+                        unit=hd.sr.CodedConcept("1", "UCUM", "no units"),
+                        algorithm_id=algorithm,
+                    ),
+                ],
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(name=_finding(out["name"]), value=present)
+                ],
+                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+            )
+        )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=PLAIN_CHEST_XRAY,
+        imaging_measurements=groups,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[source],
+        content=report[0],
+        series_instance_uid=derived_uid(source.SOPInstanceUID, version, "sr-series"),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=derived_uid(source.SOPInstanceUID, version, "sr"),
+        instance_number=1,
+        manufacturer="chestxr",
+        series_description=f"chestxr AI result ({RESEARCH_ONLY.lower()})",
+    )
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+def banner(rgb: np.ndarray, lines: list[str], cmap: str = "jet") -> np.ndarray:
+    """The overlay with a black band on top holding ``lines`` and a colour legend.
+
+    Returns:
+        ``(H + band, W, 3)`` uint8 array.
+    """
+    h, w = rgb.shape[:2]
+    size = max(10, w // 40)
+    band = (len(lines) + 2) * int(size * 1.35) + size
+    canvas = Image.new("RGB", (w, h + band), (0, 0, 0))
+    canvas.paste(Image.fromarray(rgb), (0, band))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(size)
+    y = size // 2
+    for line in lines:
+        draw.text((size // 2, y), line, fill=(255, 255, 0), font=font)
+        y += int(size * 1.35)
+    # colour legend: the CAM's colour map from low to high evidence
+    x0, x1 = size // 2 + 4 * size, min(w - 4 * size, size // 2 + 24 * size)
+    colours = matplotlib.colormaps[cmap](np.linspace(0, 1, max(x1 - x0, 2)))[:, :3]
+    bar = np.round(np.repeat(colours[None], size, axis=0) * 255).astype(np.uint8)
+    canvas.paste(Image.fromarray(bar), (x0, y))
+    draw.text((size // 2, y), "low", fill=(255, 255, 255), font=font)
+    draw.text((x1 + size // 2, y), "high Grad-CAM", fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+def banner_lines(result: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """What the Secondary Capture's banner says."""
+    lines = []
+    for out in result["outputs"]:
+        decision = "POSITIVE" if out["decision"] else "negative"
+        lines.append(
+            f"{out['name']}: p={out['probability']:.3f} -> {decision} "
+            f"(operating point {out['threshold']:.3f})"
+        )
+    lines.append(
+        f"{info['model_name']} chestxr {info['chestxr_version']} model {info['model_version']} "
+        f"- {RESEARCH_ONLY}"
+    )
+    return lines
+
+
+def build_sc(
+    source: Dataset, rgb: np.ndarray, result: dict[str, Any], info: dict[str, Any], out_path: Path
+) -> Path:
+    """Write the bannered Grad-CAM Secondary Capture (patient module kept, PACS needs it)."""
+    image = banner(rgb, banner_lines(result, info))
+    # written first beside the outbox (the sender only sends the final file)
+    staging = out_path.parent / ".staging" / out_path.name
+    adapter.write_secondary_capture(image, source, staging)
+    ds = pydicom.dcmread(staging)
+    staging.unlink()
+    version = info["model_version"]
+    ds.SOPInstanceUID = derived_uid(source.SOPInstanceUID, version, "sc")
+    ds.SeriesInstanceUID = derived_uid(source.SOPInstanceUID, version, "sc-series")
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.BurnedInAnnotation = "YES"
+    ds.ImageComments = RESEARCH_ONLY
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return atomic_write_bytes(out_path, buffer.getvalue(), overwrite=True)
+
+
+def write_sr(source: Dataset, result: dict[str, Any], info: dict[str, Any], out_path: Path) -> Path:
+    """Write the SR of one scored instance atomically."""
+    sr = build_sr(source, result, info)
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    return atomic_write_bytes(out_path, buffer.getvalue(), overwrite=True)

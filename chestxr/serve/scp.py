@@ -1,0 +1,109 @@
+"""The DICOM Storage SCP: accepts radiographs from known calling AE titles into the spool."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydicom.uid import UID
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.sop_class import (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+    Verification,
+)
+
+from chestxr.serve.metrics import Metrics
+from chestxr.serve.spool import Spool
+from chestxr.utils.ids import anonymous_id
+
+log = logging.getLogger(__name__)
+ACCEPTED_SOP_CLASSES: tuple[UID, ...] = (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+)
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+
+
+def make_store_handler(
+    spool: Spool, metrics: Metrics, on_stored: Callable[[], None] | None = None
+) -> Callable[[Any], int]:
+    """The C-STORE handler: the instance is on disk (fsynced) before success is answered."""
+
+    def handle(event: Any) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID or "")
+        if not uid:
+            return CANNOT_UNDERSTAND
+        try:
+            stored = spool.put(uid, event.encoded_dataset())
+        except (OSError, ValueError) as err:
+            log.error("could not spool %s: %s", anonymous_id(uid, prefix="scan"), err)
+            return OUT_OF_RESOURCES
+        metrics.count("received" if stored else "duplicates")
+        if not stored:
+            log.info("duplicate %s ignored (already received)", anonymous_id(uid, prefix="scan"))
+        elif on_stored is not None:
+            on_stored()
+        return SUCCESS
+
+    return handle
+
+
+def make_ae(ae_title: str, allowed_calling: Sequence[str]) -> AE:
+    """An AE accepting the radiograph storage SOP classes (any transfer syntax) and C-ECHO,
+    from ``allowed_calling`` AE titles only (an empty list would accept anyone: refused).
+
+    Raises:
+        ValueError: no allowed calling AE title.
+    """
+    allowed = [str(a).strip() for a in allowed_calling if str(a).strip()]
+    if not allowed:
+        raise ValueError("allowed_calling_ae_titles is empty: list the modalities/PACS that send")
+    ae = AE(ae_title=ae_title)
+    ae.require_calling_aet = allowed
+    ae.require_called_aet = True  # a sender must address us by our AE title
+    for sop in ACCEPTED_SOP_CLASSES:
+        ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    ae.maximum_associations = 16
+    return ae
+
+
+def tls_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
+    """A server TLS context; with ``ca``, clients must present a certificate signed by it."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certfile=cert, keyfile=key)
+    if ca:
+        ctx.load_verify_locations(cafile=ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def start_scp(
+    ae: AE,
+    bind: str,
+    port: int,
+    handler: Callable[[Any], int],
+    ssl_context: ssl.SSLContext | None = None,
+) -> Any:
+    """Start the SCP in background threads; returns the server (``.shutdown()`` stops it)."""
+    server = ae.start_server(
+        (bind, port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, handler)],
+        ssl_context=ssl_context,
+    )
+    log.info(
+        "DICOM SCP %s listening on %s:%d%s",
+        ae.ae_title,
+        bind,
+        port,
+        " (TLS)" if ssl_context else "",
+    )
+    return server

@@ -1,0 +1,179 @@
+"""Results to the PACS: C-STORE of the outbox's files with retries and exponential back-off.
+
+A file stays in ``outbox/`` until the destination has accepted it, then moves to ``sent/``; when
+the destination is down nothing is lost, and everything is sent once it is back (also after a
+restart of the node). Connection failures are retried without end (the delay is capped by
+``backoff_max_s``); a file the destination *refuses* (a C-STORE failure status) ``max_rejections``
+times moves to ``rejected/`` with a warning, so that one bad result cannot block the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+
+from chestxr.serve.metrics import Metrics
+
+log = logging.getLogger(__name__)
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+RESULT_SOP_CLASSES = (COMPREHENSIVE_3D_SR, ComprehensiveSRStorage, SecondaryCaptureImageStorage)
+
+
+@dataclass
+class Destination:
+    """Where results go: the PACS's host, port and AE title, and ours."""
+
+    host: str
+    port: int
+    ae_title: str
+    calling_ae_title: str = "CHESTXR"
+    tls: object | None = None  # an ssl.SSLContext for a TLS destination
+
+
+@dataclass
+class _Backoff:
+    attempts: int = 0
+    rejections: int = 0
+    next_try: float = 0.0
+
+
+@dataclass
+class Sender:
+    """Sends the outbox to ``destination`` until stopped.
+
+    Args:
+        outbox: folder of result files waiting to be sent.
+        destination: the PACS, or None to keep results in the output folder only.
+        metrics: counters to update.
+        received_ns: maps a file's spool key to its reception time, for the latency.
+        backoff_s: first retry delay; doubled per failure up to ``backoff_max_s``.
+        max_per_association: files sent over one association.
+        max_rejections: refusals by the destination before a file moves to ``rejected/``.
+    """
+
+    outbox: Path
+    destination: Destination | None
+    metrics: Metrics
+    received_ns: object = None
+    backoff_s: float = 1.0
+    backoff_max_s: float = 60.0
+    timeout_s: float = 10.0
+    max_per_association: int = 64
+    max_rejections: int = 5
+    poll_s: float = 0.1
+    _state: dict[str, _Backoff] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.outbox = Path(self.outbox)
+        self.sent = self.outbox.parent / "sent"
+        self.rejected = self.outbox.parent / "rejected"
+        for folder in (self.outbox, self.sent, self.rejected):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.wake = threading.Event()
+
+    def waiting(self) -> list[Path]:
+        """Files not yet accepted by the destination, oldest first."""
+        files = []
+        for p in self.outbox.glob("*.dcm"):
+            try:
+                files.append((p.stat().st_mtime_ns, p))
+            except FileNotFoundError:
+                continue
+        return [p for _, p in sorted(files)]
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop: send what is due, sleep otherwise."""
+        if self.destination is None:
+            log.info("no destination configured: results stay in %s", self.outbox)
+            return
+        while not stop.is_set():
+            now = time.monotonic()
+            due = [p for p in self.waiting() if self._state.get(p.name, _Backoff()).next_try <= now]
+            if not due:
+                self.wake.wait(self.poll_s)
+                self.wake.clear()
+                continue
+            self.send(due[: self.max_per_association])
+
+    def _failed(self, files: list[Path], why: str) -> None:
+        for p in files:
+            st = self._state.setdefault(p.name, _Backoff())
+            st.attempts += 1
+            delay = min(self.backoff_s * 2 ** (st.attempts - 1), self.backoff_max_s)
+            st.next_try = time.monotonic() + delay
+        self.metrics.count("send_errors", len(files))
+        log.warning("could not send %d results (%s); retrying with back-off", len(files), why)
+
+    def _refused(self, path: Path, code: int) -> None:
+        st = self._state.setdefault(path.name, _Backoff())
+        st.rejections += 1
+        if st.rejections >= self.max_rejections:
+            os.replace(path, self.rejected / path.name)
+            self._state.pop(path.name, None)
+            self.metrics.count("send_errors")
+            log.error(
+                "%s refused %s %d times (status 0x%04X); moved to %s",
+                self.destination.ae_title if self.destination else "destination",
+                path.name,
+                st.rejections,
+                code,
+                self.rejected,
+            )
+            return
+        self._failed([path], f"C-STORE status 0x{code:04X}")
+
+    def send(self, files: list[Path]) -> int:
+        """Send ``files`` over one association; returns how many were accepted."""
+        dest = self.destination
+        if dest is None:
+            return 0
+        ae = AE(ae_title=dest.calling_ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
+        for sop in RESULT_SOP_CLASSES:
+            ae.add_requested_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        tls = (dest.tls, dest.host) if dest.tls is not None else None
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls)
+        if not assoc.is_established:
+            self._failed(files, f"no association with {dest.ae_title}@{dest.host}:{dest.port}")
+            return 0
+        ok = 0
+        try:
+            for path in files:
+                try:
+                    ds = pydicom.dcmread(path)
+                    status = assoc.send_c_store(ds)
+                except (OSError, RuntimeError, ValueError) as err:
+                    self._failed([path], f"{type(err).__name__}: {err}")
+                    if not assoc.is_established:
+                        break
+                    continue
+                code = getattr(status, "Status", None)
+                if code is None:  # no answer (timeout, aborted): a transport failure
+                    self._failed([path], "no C-STORE response")
+                    continue
+                if code != 0x0000 and (code & 0xF000) != 0xB000:
+                    self._refused(path, code)
+                    continue
+                self._done(path)
+                ok += 1
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return ok
+
+    def _done(self, path: Path) -> None:
+        os.replace(path, self.sent / path.name)
+        self._state.pop(path.name, None)
+        self.metrics.count("sent")
+        received = self.received_ns(path.name.split(".")[0]) if self.received_ns else None
+        if received:
+            self.metrics.latency("sent", (time.time_ns() - received) / 1e9)

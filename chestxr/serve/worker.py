@@ -1,0 +1,217 @@
+"""Scoring: the spool's pending instances, in small batches, with the model's own preprocessing,
+stored operating point and Grad-CAM; results written as DICOM into the outbox."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import torch
+from pydicom.dataset import Dataset
+
+from chestxr.io import RadiographReadError
+from chestxr.serve import adapter, results
+from chestxr.serve.metrics import Metrics
+from chestxr.serve.spool import Item, Spool
+from chestxr.utils.ids import anonymous_id
+
+log = logging.getLogger(__name__)
+FRONTAL_VIEWS = ("PA", "AP")
+CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
+
+
+class NotScorable(Exception):
+    """An instance that gets a failure record, with the reason, never a score."""
+
+
+def check_frontal_chest(ds: Dataset) -> None:
+    """Refuse what the header says is not a frontal chest radiograph.
+
+    Absent or empty BodyPartExamined / ViewPosition are accepted (many sources leave them out).
+
+    Raises:
+        NotScorable: a body part other than the chest, or a view other than PA/AP.
+    """
+    body = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    if body and body not in CHEST_BODY_PARTS:
+        raise NotScorable(f"not a chest radiograph: BodyPartExamined is {body!r}")
+    view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if view and view not in FRONTAL_VIEWS:
+        raise NotScorable(f"not a frontal view: ViewPosition is {view!r} (need PA or AP)")
+
+
+class Scorer:
+    """The model with its preprocessing; scores files in batches (thread-safe).
+
+    Args:
+        ckpt_path: a chestxr checkpoint.
+        cams: also compute Grad-CAM overlays.
+        cam_method: ``gradcam`` or ``gradcam++``.
+    """
+
+    def __init__(self, ckpt_path: str | Path, *, cams: bool = True, cam_method: str = "gradcam"):
+        self.model, self.info = adapter.load(ckpt_path)
+        self.transform = adapter.make_transform(self.info["preprocess"])
+        self.cams = cams
+        self.cam_method = cam_method
+        self._lock = threading.Lock()
+        self.device = next(self.model.parameters()).device
+        if not self.info["operating_point_stored"]:
+            log.warning("the checkpoint holds no operating point; deciding at 0.5")
+
+    def prepare(self, path: Path) -> torch.Tensor:
+        """The model input of one file.
+
+        Raises:
+            NotScorable: the file cannot be read.
+        """
+        try:
+            return adapter.preprocess_one(self.transform, path)
+        except RadiographReadError as err:
+            raise NotScorable(f"unreadable: {adapter.read_error_reason(err)}") from err
+
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities ``(B, K)`` and, when enabled, CAMs of output 0 ``(B, S, S)``."""
+        with self._lock:
+            with torch.inference_mode():
+                logits = self.model(images.to(self.device)).float()
+            prob = torch.sigmoid(logits).cpu().numpy()
+            maps = adapter.cams(self.model, images, 0, self.cam_method) if self.cams else None
+        return prob, maps
+
+    def outputs(self, prob: np.ndarray) -> list[dict[str, Any]]:
+        """One scored image's outputs: name, probability, threshold, decision."""
+        return [
+            {"name": n, "probability": float(p), "threshold": float(t), "decision": bool(p >= t)}
+            for n, p, t in zip(self.info["outputs"], prob, self.info["thresholds"], strict=True)
+        ]
+
+
+class Worker:
+    """Scores the spool until stopped.
+
+    Args:
+        spool: the intake spool.
+        scorer: the model.
+        outbox: folder where the SR and SC files are written for the sender.
+        metrics: counters to update.
+        batch_size: most instances per forward pass.
+        poll_s: how long to sleep when nothing is pending.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        scorer: Scorer,
+        outbox: Path,
+        metrics: Metrics,
+        *,
+        batch_size: int = 8,
+        poll_s: float = 0.05,
+    ) -> None:
+        self.spool, self.scorer, self.outbox, self.metrics = spool, scorer, Path(outbox), metrics
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        self.batch_size, self.poll_s = batch_size, poll_s
+        self.wake = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop: claim a batch, score it, record the outcomes."""
+        while not stop.is_set():
+            items = self.spool.claim(self.batch_size)
+            if not items:
+                self.wake.wait(self.poll_s)
+                self.wake.clear()
+                continue
+            try:
+                self.process(items)
+            except Exception:
+                log.exception("batch of %d failed; left pending", len(items))
+                for item in items:
+                    self.spool.release(item)
+                stop.wait(1.0)
+
+    def _fail(self, item: Item, reason: str, ds: Dataset | None) -> None:
+        record = {
+            "id": _anon(ds, "SOPInstanceUID", "scan", item.key),
+            "study": _anon(ds, "StudyInstanceUID", "study", ""),
+            "reason": reason,
+            "received_ns": item.received_ns,
+        }
+        self.spool.finish(item, record, ok=False)
+        self.metrics.count("failed")
+        log.warning("not scored %s: %s", record["id"], reason)
+
+    def process(self, items: list[Item]) -> None:
+        """Score one batch of claimed items; each ends done or failed."""
+        good: list[tuple[Item, Dataset, torch.Tensor]] = []
+        for item in items:
+            ds = None
+            try:
+                try:
+                    ds = pydicom.dcmread(item.path, stop_before_pixels=True)
+                except Exception as err:
+                    raise NotScorable(f"unreadable DICOM: {type(err).__name__}: {err}") from err
+                for key in ("SOPInstanceUID", "StudyInstanceUID", "SOPClassUID"):
+                    if not ds.get(key):
+                        raise NotScorable(f"DICOM lacks {key}")
+                check_frontal_chest(ds)
+                good.append((item, ds, self.scorer.prepare(item.path)))
+            except NotScorable as err:
+                self._fail(item, str(err), ds)
+        if not good:
+            return
+        prob, maps = self.scorer.score(torch.stack([g[2] for g in good]))
+        for j, (item, ds, _) in enumerate(good):
+            result = {"outputs": self.scorer.outputs(prob[j])}
+            try:
+                files = self._write_results(item, ds, result, None if maps is None else maps[j])
+            except OSError:
+                raise  # e.g. a full disk: the batch stays pending and is retried
+            except Exception as err:  # one instance whose results cannot be built: no poison pill
+                for kind in ("sr", "sc"):
+                    self._out(item, kind).unlink(missing_ok=True)
+                self._fail(item, f"results not written: {type(err).__name__}: {err}", ds)
+                continue
+            latency = (time.time_ns() - item.received_ns) / 1e9
+            record = {
+                "id": anonymous_id(str(ds.SOPInstanceUID), prefix="scan"),
+                "study": anonymous_id(str(ds.StudyInstanceUID), prefix="study"),
+                **result,
+                "model_version": self.scorer.info["model_version"],
+                "config_hash": self.scorer.info["config_hash"],
+                "results": [Path(f).name for f in files],
+                "received_ns": item.received_ns,
+                "latency_s": round(latency, 4),
+            }
+            self.spool.finish(item, record, ok=True)
+            self.metrics.count("scored")
+            self.metrics.latency("scored", latency)
+            log.info(
+                "scored %s: %s",
+                record["id"],
+                ", ".join(f"{o['name']}={o['probability']:.3f}" for o in result["outputs"]),
+            )
+
+    def _write_results(
+        self, item: Item, ds: Dataset, result: dict[str, Any], cam: np.ndarray | None
+    ) -> list[str]:
+        files = [str(results.write_sr(ds, result, self.scorer.info, self._out(item, "sr")))]
+        if cam is not None:
+            rgb = adapter.overlay(item.path, cam, self.scorer.info["preprocess"])
+            files.append(
+                str(results.build_sc(ds, rgb, result, self.scorer.info, self._out(item, "sc")))
+            )
+        return files
+
+    def _out(self, item: Item, kind: str) -> Path:
+        return self.outbox / f"{item.key}.{kind}.dcm"
+
+
+def _anon(ds: Dataset | None, attr: str, prefix: str, default: str) -> str:
+    value = str(ds.get(attr, "") or "") if ds is not None else ""
+    return anonymous_id(value, prefix=prefix) if value else default

@@ -1,0 +1,500 @@
+"""The DICOM AI node's parts: spool, AE title check, duplicates, bad files, results, HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pydicom
+import pytest
+import torch
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from chestxr.models.module import ChestXRClassifier
+from chestxr.serve.metrics import Metrics
+from chestxr.serve.sender import COMPREHENSIVE_3D_SR, RESULT_SOP_CLASSES
+from chestxr.serve.spool import Spool, spool_key
+
+CR = "1.2.840.10008.5.1.4.1.1.1"
+OPT = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+
+
+def make_checkpoint(path: Path, threshold: float = 0.5, seed: int = 0) -> Path:
+    """A small chestxr checkpoint (random weights, 64 px, a stored operating point)."""
+    torch.manual_seed(seed)
+    model = ChestXRClassifier(
+        task="binary",
+        classes=["normal", "opacity"],
+        preprocess={"image_size": 64},
+        optimizer=OPT,
+    )
+    model.thresholds.fill_(threshold)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": L.__version__,
+        },
+        path,
+    )
+    return path
+
+
+def make_radiograph(
+    path: Path, *, seed: int = 0, study_uid: str | None = None, size: int = 96, **elements: object
+) -> Path:
+    """A CR chest radiograph (blobs on noise) with a patient module, written to ``path``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    img = 1500 + 800 * np.exp(-((xx - 0.3) ** 2 + (yy - 0.5) ** 2) / 0.02)
+    img += 800 * np.exp(-((xx - 0.7) ** 2 + (yy - 0.5) ** 2) / 0.02) + rng.normal(0, 50, img.shape)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CR
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = CR
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CR"
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = f"P-{seed}"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "F"
+    ds.StudyDate, ds.StudyTime = "20240101", "120000"
+    ds.AccessionNumber = f"A{seed}"
+    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, 1
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.SamplesPerPixel = 1
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.clip(img, 0, 4095).astype("<u2").tobytes()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- spool
+
+
+def test_spool_put_is_atomic_idempotent_and_survives_restart(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    assert spool.put("1.2.3", b"first") is True
+    assert spool.put("1.2.3", b"second") is False  # same SOP Instance UID: kept once
+    assert spool.put("1.2.4", b"other") is True
+    files = sorted(p.name for p in (tmp_path / "spool" / "pending").iterdir())
+    assert files == sorted(f"{spool_key(u)}.dcm" for u in ("1.2.3", "1.2.4"))  # no temp left
+    assert (tmp_path / "spool/pending" / f"{spool_key('1.2.3')}.dcm").read_bytes() == b"first"
+    # a worker claims one and crashes before finishing; the other was finished
+    (held,) = [i for i in spool.claim(8) if i.key == spool_key("1.2.3")]
+    other = next(i for i in spool.pending() if i.key == spool_key("1.2.4"))
+    spool.finish(other, {"reason": "x"}, ok=False)
+    restarted = Spool(tmp_path / "spool")
+    assert [i.key for i in restarted.claim(8)] == [held.key]  # pending again after a restart
+    assert restarted.state(spool_key("1.2.4")) == "failed"
+    assert restarted.put("1.2.4", b"again") is False  # a finished instance is not taken again
+
+
+def test_spool_recover_drops_pending_whose_outcome_is_recorded(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.put("9.9", b"x")
+    (item,) = spool.claim(1)
+    # crash after the record was written but before the pending file was removed
+    (tmp_path / "done" / f"{item.key}.json").write_text('{"ok": 1}')
+    assert Spool(tmp_path).recover() == 0
+    assert not item.path.exists()
+
+
+def test_spool_refuses_an_instance_without_uid(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="SOP Instance UID"):
+        Spool(tmp_path).put("  ", b"x")
+
+
+def test_metrics_percentiles_and_unknown_counter() -> None:
+    m = Metrics()
+    assert m.snapshot()["latency_scored_p50_s"] is None
+    for v in range(1, 101):
+        m.latency("scored", v / 100)
+    snap = m.snapshot(pending=3)
+    assert snap["latency_scored_p50_s"] == pytest.approx(0.505)
+    assert snap["latency_scored_p95_s"] == pytest.approx(0.9505)
+    assert snap["pending"] == 3
+    with pytest.raises(KeyError, match="nope"):
+        m.count("nope")
+
+
+# ----------------------------------------------------------------------------- the node
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("model") / "model.ckpt")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_config(ckpt: Path, state: Path, **over: object) -> dict:
+    cfg = {
+        "ckpt_path": str(ckpt),
+        "state_dir": str(state),
+        "ae_title": "CHESTXR",
+        "bind": "127.0.0.1",
+        "port": free_port(),
+        "allowed_calling_ae_titles": ["MODALITY"],
+        "destination": {"host": None},
+        "retry": {"backoff_s": 0.2, "backoff_max_s": 2.0},
+        "batch_size": 4,
+        "workers": 1,
+        "cams": True,
+        "cam_method": "gradcam",
+        "http_port": free_port(),
+        "tls": {},
+    }
+    cfg.update(over)
+    return cfg
+
+
+def c_store(
+    port: int, paths: list[Path], calling: str = "MODALITY", called: str = "CHESTXR"
+) -> list[int] | None:
+    """Send files with pynetdicom as a modality would; None when the association is refused."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    for p in {str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in paths}:
+        ae.add_requested_context(p, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        return None
+    try:
+        return [int(assoc.send_c_store(pydicom.dcmread(p)).Status) for p in paths]
+    finally:
+        assoc.release()
+
+
+def wait_for(cond, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.1)
+
+
+def test_node_scores_once_rejects_unknown_ae_and_bad_files(
+    ckpt: Path, tmp_path: Path, caplog
+) -> None:
+    from chestxr.serve.node import Node
+
+    caplog.set_level("INFO")
+    good = [make_radiograph(tmp_path / f"g{i}.dcm", seed=i) for i in range(2)]
+    lateral = make_radiograph(tmp_path / "lat.dcm", seed=5, ViewPosition="LL")
+    hand = make_radiograph(tmp_path / "hand.dcm", seed=6, BodyPartExamined="HAND")
+    broken = make_radiograph(tmp_path / "broken.dcm", seed=7)
+    ds = pydicom.dcmread(broken)
+    ds.PixelData = ds.PixelData[:100]  # header says 96 x 96, data holds 50 pixels
+    ds.save_as(broken, enforce_file_format=True)
+    cfg = node_config(ckpt, tmp_path / "state")
+    node = Node(cfg).start()
+    try:
+        assert c_store(cfg["port"], good[:1], calling="INTRUDER") is None  # unknown AE title
+        assert c_store(cfg["port"], good[:1], called="OTHER") is None  # not addressed to us
+        assert node.metrics.snapshot()["received"] == 0
+        statuses = c_store(cfg["port"], [*good, good[0], lateral, hand, broken])
+        assert statuses == [0] * 6
+        wait_for(
+            lambda: (
+                node.spool.counts()["pending"] == 0
+                and sum(node.spool.counts()[k] for k in ("done", "failed")) == 5
+            )
+        )
+        counts = node.spool.counts()
+        assert (counts["done"], counts["failed"]) == (2, 3)
+        snap = node.metrics.snapshot()
+        assert (snap["received"], snap["duplicates"], snap["scored"]) == (5, 1, 2)
+        # one SR and one SC per good instance, in its study, referencing it
+        outbox = tmp_path / "state/results/outbox"
+        for path in good:
+            src = pydicom.dcmread(path)
+            key = spool_key(src.SOPInstanceUID)
+            sr = pydicom.dcmread(outbox / f"{key}.sr.dcm")
+            sc = pydicom.dcmread(outbox / f"{key}.sc.dcm")
+            for obj in (sr, sc):
+                assert obj.StudyInstanceUID == src.StudyInstanceUID
+                assert obj.PatientID == src.PatientID  # the patient module stays (PACS needs it)
+            assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+            refs = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+            assert refs[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+            assert sc.BurnedInAnnotation == "YES" and sc.Rows > src.Rows  # banner on top
+            record = node.spool.record(key)
+            assert record["state"] == "done"
+            prob = record["outputs"][0]["probability"]
+            assert record["outputs"][0]["decision"] == (prob >= 0.5)
+        assert len(list(outbox.glob("*.dcm"))) == 4
+        reasons = sorted(
+            json.loads(p.read_text())["reason"] for p in (tmp_path / "state/spool/failed").iterdir()
+        )
+        assert "BodyPartExamined is 'HAND'" in reasons[0]
+        assert "ViewPosition is 'LL'" in reasons[1]
+        assert reasons[2].startswith("unreadable")
+        # the same instance again after scoring: no second result
+        assert c_store(cfg["port"], good[:1]) == [0]
+        time.sleep(0.5)
+        assert len(list(outbox.glob("*.dcm"))) == 4
+        # HTTP face
+        base = f"http://127.0.0.1:{cfg['http_port']}"
+        health = json.load(urllib.request.urlopen(base + "/health"))
+        assert health["status"] == "ok"
+        req = urllib.request.Request(base + "/score", data=good[1].read_bytes(), method="POST")
+        answer = json.load(urllib.request.urlopen(req))
+        assert answer["outputs"][0]["probability"] == pytest.approx(prob, abs=1e-5)
+        req = urllib.request.Request(base + "/score", data=lateral.read_bytes(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req)
+        assert err.value.code == 422 and "ViewPosition" in json.load(err.value)["error"]
+        metrics = json.load(urllib.request.urlopen(base + "/metrics"))
+        assert metrics["failed"] == 4 and metrics["latency_scored_p95_s"] is not None
+    finally:
+        node.stop()
+    # no patient identifiers in the logs
+    text = caplog.text
+    for path in [*good, lateral, hand, broken]:
+        src = pydicom.dcmread(path, stop_before_pixels=True)
+        for value in (src.SOPInstanceUID, src.StudyInstanceUID, src.PatientID, "Doe"):
+            assert str(value) not in text
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+class FakePacs:
+    """A pynetdicom Storage SCP that records every result it is sent (the destination's stand-in).
+
+    ``stored`` maps each received SOP Instance UID to (SOP Class UID, the source instance it
+    references, how many times it was sent).
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stored: dict[str, list] = {}
+        self._server = None
+
+    def _handle(self, event) -> int:
+        ds = event.dataset
+        if "SourceImageSequence" in ds:
+            source = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+        else:
+            seq = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+            source = seq[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        entry = self.stored.setdefault(str(ds.SOPInstanceUID), [str(ds.SOPClassUID), source, 0])
+        entry[2] += 1
+        return 0x0000
+
+    def start(self) -> FakePacs:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+        ae = AE(ae_title="PACS")
+        for sop in RESULT_SOP_CLASSES:
+            ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle)]
+        )
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+    def results_per_source(self) -> dict[str, dict[str, int]]:
+        """For each source instance: how many distinct results of each SOP class arrived."""
+        out: dict[str, dict[str, int]] = {}
+        for sop_class, source, _ in self.stored.values():
+            per = out.setdefault(str(source), {})
+            per[sop_class] = per.get(sop_class, 0) + 1
+        return out
+
+
+def test_results_queued_while_the_pacs_is_down_arrive_once_it_is_up(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    from chestxr.serve.node import Node
+
+    pacs_port = free_port()
+    cfg = node_config(
+        ckpt,
+        tmp_path / "state",
+        destination={"host": "127.0.0.1", "port": pacs_port, "ae_title": "PACS"},
+        http_port=None,
+        retry={"backoff_s": 0.1, "backoff_max_s": 0.5},
+        cams=False,  # SR only: the Secondary Capture is covered above
+    )
+    good = [make_radiograph(tmp_path / f"g{i}.dcm", seed=i) for i in range(3)]
+    node = Node(cfg).start()
+    pacs = FakePacs(pacs_port)
+    try:
+        assert c_store(cfg["port"], good) == [0, 0, 0]
+        outbox = tmp_path / "state/results/outbox"
+        # the PACS is down: the results wait in the outbox and the sender keeps failing
+        wait_for(lambda: len(list(outbox.glob("*.dcm"))) == 3 and node.spool.counts()["done"] == 3)
+        wait_for(lambda: node.metrics.snapshot()["send_errors"] >= 6)  # each tried twice at least
+        assert node.metrics.snapshot()["sent"] == 0
+        pacs.start()
+        wait_for(lambda: not list(outbox.glob("*.dcm")), timeout=30)
+        time.sleep(0.5)
+        per_source = pacs.results_per_source()
+        sources = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in good}
+        assert set(per_source) == sources
+        for counts in per_source.values():
+            assert counts == {COMPREHENSIVE_3D_SR: 1}  # one SR per source
+        assert all(n == 1 for _, _, n in pacs.stored.values())  # each sent once
+        assert node.metrics.snapshot()["sent"] == 3
+        assert len(list((tmp_path / "state/results/sent").glob("*.dcm"))) == 3
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def test_a_result_the_pacs_keeps_refusing_is_set_aside(ckpt: Path, tmp_path: Path) -> None:
+    from chestxr.serve.sender import Destination, Sender
+
+    pacs_port = free_port()
+    pacs = FakePacs(pacs_port)
+    pacs._handle = lambda event: 0xA700  # out of resources, every time
+    pacs.start()
+    outbox = tmp_path / "results/outbox"
+    src = make_radiograph(tmp_path / "src.dcm")
+    from chestxr.serve.worker import Scorer
+
+    scorer = Scorer(ckpt, cams=False)
+    from chestxr.serve import results
+
+    ds = pydicom.dcmread(src, stop_before_pixels=True)
+    results.write_sr(
+        ds, {"outputs": scorer.outputs(np.array([0.7]))}, scorer.info, outbox / "k.sr.dcm"
+    )
+    metrics = Metrics()
+    sender = Sender(
+        outbox,
+        Destination("127.0.0.1", pacs_port, "PACS"),
+        metrics,
+        backoff_s=0.0,
+        max_rejections=3,
+    )
+    try:
+        for _ in range(3):
+            sender.send(sender.waiting())
+    finally:
+        pacs.stop()
+    assert not sender.waiting()
+    assert [p.name for p in (tmp_path / "results/rejected").iterdir()] == ["k.sr.dcm"]
+    assert metrics.snapshot()["sent"] == 0
+
+
+def start_node_process(cfg: dict, log_path: Path):
+    """``python -m chestxr.serve`` as a subprocess with ``cfg``; returns once it accepts C-ECHO."""
+    import os
+    import subprocess
+    import sys
+
+    from pynetdicom import AE
+
+    dest = cfg["destination"]
+    args = [
+        f"ckpt_path={cfg['ckpt_path']}",
+        f"state_dir={cfg['state_dir']}",
+        f"port={cfg['port']}",
+        f"allowed_calling_ae_titles=[{','.join(cfg['allowed_calling_ae_titles'])}]",
+        f"destination.host={dest['host']}",
+        f"destination.port={dest['port']}",
+        f"destination.ae_title={dest['ae_title']}",
+        f"retry.backoff_s={cfg['retry']['backoff_s']}",
+        f"retry.backoff_max_s={cfg['retry']['backoff_max_s']}",
+        f"batch_size={cfg['batch_size']}",
+        f"cams={str(cfg['cams']).lower()}",
+        "http_port=null",
+        f"hydra.run.dir={Path(cfg['state_dir']).parent / 'hydra'}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    log = open(log_path, "a")  # noqa: SIM115 (lives as long as the process)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chestxr.serve", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+    def echo() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"node exited with {proc.returncode}: {log_path.read_text()}")
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", cfg["port"], ae_title="CHESTXR")
+        if not assoc.is_established:
+            return False
+        assoc.release()
+        return True
+
+    wait_for(echo, timeout=120)
+    return proc
+
+
+@pytest.mark.slow
+def test_node_killed_mid_stream_loses_no_acknowledged_instance(ckpt: Path, tmp_path: Path) -> None:
+    """SIGKILL after some C-STOREs were acknowledged; the restarted node scores each once."""
+    import signal
+
+    pacs = FakePacs(free_port()).start()
+    cfg = node_config(
+        ckpt,
+        tmp_path / "state",
+        destination={"host": "127.0.0.1", "port": pacs.port, "ae_title": "PACS"},
+        retry={"backoff_s": 0.1, "backoff_max_s": 0.5},
+        batch_size=2,
+    )
+    files = [make_radiograph(tmp_path / f"g{i}.dcm", seed=i, size=256) for i in range(10)]
+    log_path = tmp_path / "node.log"
+    proc = start_node_process(cfg, log_path)
+    try:
+        assert c_store(cfg["port"], files) == [0] * len(files)  # all acknowledged
+        proc.send_signal(signal.SIGKILL)  # at once: most are still pending or mid-batch
+        proc.wait(timeout=30)
+        spool = Spool(tmp_path / "state/spool")
+        assert spool.counts()["pending"] > 0, "killed too late to test anything"
+        proc = start_node_process(cfg, log_path)
+        assert c_store(cfg["port"], files[:2]) == [0, 0]  # re-sent after the crash: no 2nd result
+        sources = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+        wait_for(lambda: len(pacs.results_per_source()) == len(files), timeout=180)
+        time.sleep(1.0)
+        assert set(pacs.results_per_source()) == sources
+        for counts in pacs.results_per_source().values():
+            assert sorted(counts.values()) == [1, 1] and len(counts) == 2  # one SR, one SC
+        assert spool.counts() == {"pending": 0, "done": len(files), "failed": 0}
+        proc.send_signal(signal.SIGTERM)  # a clean shutdown
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pacs.stop()
+    text = log_path.read_text() + "".join(
+        p.read_text() for p in (tmp_path / "hydra").rglob("*.log")
+    )  # the console and Hydra's job log
+    assert "scored scan-" in text  # the logs do name instances, by anonymised ids
+    for path in files:
+        src = pydicom.dcmread(path, stop_before_pixels=True)
+        for value in (src.SOPInstanceUID, src.StudyInstanceUID, src.PatientID, "Doe"):
+            assert str(value) not in text
