@@ -72,29 +72,6 @@ def _normalise(maps: torch.Tensor) -> torch.Tensor:
 def _frozen_eval(model: nn.Module) -> Iterator[None]:
     """Eval mode, parameters without ``requires_grad``, their ``.grad`` kept; all restored after.
 
-    Gradients only need to reach the target layer's output (the input requires grad), so the
-    parameters need none: faster, and a model being trained keeps its accumulated gradients.
-    """
-    was_training = model.training
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    grads = [p.grad for p in params]
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag, grad in zip(params, flags, grads, strict=True):
-            p.requires_grad_(flag)
-            p.grad = grad
-        model.train(was_training)
-
-
-@contextmanager
-def _frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode, parameters without ``requires_grad``, their ``.grad`` kept; all restored after.
-
     The maps need gradients with respect to the target layer's activations only, so the
     parameters need none: faster, and a model being trained keeps its accumulated gradients.
     """

@@ -20,6 +20,7 @@ from chestxr.data.manifest import output_names
 from chestxr.models.finetuning import STRATEGIES, StagedUnfreezing, backbone_modules
 from chestxr.models.metrics import masked_auc
 from chestxr.models.resnet import build_resnet18
+from chestxr.models.schedules import optimizer_config
 
 log = logging.getLogger(__name__)
 
@@ -300,12 +301,9 @@ class ChestXRClassifier(L.LightningModule):
         if factor != 1.0:  # discriminative learning rates: backbone lr = head lr x factor
             optimizer.param_groups[0]["lr"] *= factor
             optimizer.param_groups[0]["initial_lr"] = optimizer.param_groups[0]["lr"]
-        if self.hparams.scheduler is None:
-            return {"optimizer": optimizer}
-        scheduler = instantiate(self.hparams.scheduler)(
-            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        scheduler = self.hparams.scheduler
+        return optimizer_config(
+            optimizer,
+            None if scheduler is None else instantiate(scheduler),
+            self.trainer.estimated_stepping_batches,
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
 def warmup_cosine(
@@ -32,3 +34,19 @@ def warmup_cosine(
         return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def optimizer_config(
+    optimizer: Optimizer, scheduler: Callable[..., LRScheduler] | None, total_steps: int
+) -> dict[str, Any]:
+    """What ``configure_optimizers`` returns: the optimizer and, when configured, its schedule
+    (a partial from ``conf/model``, completed with the run's step count) stepped every step."""
+    if scheduler is None:
+        return {"optimizer": optimizer}
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {
+            "scheduler": scheduler(optimizer=optimizer, total_steps=int(total_steps)),
+            "interval": "step",
+        },
+    }

@@ -37,6 +37,7 @@ from chestxr import __version__, keys
 from chestxr.data.ssl_views import RadiographViews
 from chestxr.models.pretrained import CHECKPOINT_PREFIX, HEAD_KEYS
 from chestxr.models.resnet import build_resnet18
+from chestxr.models.schedules import optimizer_config
 from chestxr.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -151,15 +152,12 @@ class SimCLRPretraining(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
-        if self.hparams.scheduler is None:
-            return {"optimizer": optimizer}
-        scheduler = instantiate(self.hparams.scheduler)(
-            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        scheduler = self.hparams.scheduler
+        return optimizer_config(
+            optimizer,
+            None if scheduler is None else instantiate(scheduler),
+            self.trainer.estimated_stepping_batches,
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
 
 
 def backbone_state_dict(net: nn.Module) -> dict[str, Tensor]:
