@@ -31,6 +31,7 @@ from chestxr.data.synthetic.model import (
     sample_encoding,
 )
 from chestxr.data.synthetic.render import render_phantom
+from chestxr.utils.files import atomic_write_csv, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -276,22 +277,13 @@ def generate_synthetic(out_dir: str | PathLike[str], **params: object) -> Path:
             index += 1
 
     columns = [*MANIFEST_COLUMNS_HEAD, *findings_t, *MANIFEST_COLUMNS_TAIL]
-    _write_atomic_text(out / PARAMS_NAME, json.dumps({"version": GENERATOR_VERSION, **params}))
+    params_text = json.dumps({"version": GENERATOR_VERSION, **params})
+    atomic_write_text(out / PARAMS_NAME, params_text + "\n", overwrite=True)
     manifest = out / MANIFEST_NAME
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows_out)
-    os.replace(tmp, manifest)
+    body = [[row.get(c, "") for c in columns] for row in rows_out]
+    atomic_write_csv(manifest, columns, body, overwrite=True)
     log.info("wrote %s (%d rows)", manifest, len(rows_out))
     return manifest
-
-
-def _write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def ensure_synthetic(cache_dir: str | PathLike[str], **params) -> Path:
