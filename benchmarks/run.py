@@ -54,7 +54,7 @@ from chestxr.data.manifest import load_manifest
 from chestxr.data.synthetic import ensure_synthetic
 from chestxr.data.transforms import compose, preprocessing
 from chestxr.explain.cam import compute_cams
-from chestxr.inference import predict_dataset
+from chestxr.inference import infer_batches, predict_dataset
 from chestxr.models.module import ChestXRClassifier
 from chestxr.models.resnet import build_resnet18
 from chestxr.utils.hardware import autocast, best_precision, cpu_supports_bf16
@@ -427,7 +427,8 @@ def inference(sizes: Sizes, kind: str) -> dict[str, Any]:
 
     ``bare``: ``model.net`` forward on an in-memory batch (inference mode); ``cam_bare``: Grad-CAM
     on that batch; ``predict``: ``predict_dataset`` from the DICOM files; ``predict_cam``: the
-    same, then Grad-CAM batch by batch as ``chestxr.report`` does (each scan read a second time).
+    one inference loop with Grad-CAM on each batch's images, as ``predict cams=true`` and
+    ``chestxr.report`` do (each scan read once).
     """
     preprocess, _ = data_defaults(sizes)
     torch.manual_seed(0)
@@ -446,11 +447,12 @@ def inference(sizes: Sizes, kind: str) -> dict[str, Any]:
 
     def predict(k: int) -> None:
         sub = torch.utils.data.Subset(ds, range(k))
-        predict_dataset(model, sub, batch_size=sizes.batch)
-        if kind == "predict_cam":
-            for start in range(0, k, sizes.batch):
-                stop = min(start + sizes.batch, k)
-                cams(torch.stack([ds[i][keys.IMAGE] for i in range(start, stop)]))
+        if kind == "predict_cam":  # as predict cams=true and report: each scan read once
+            loader = torch.utils.data.DataLoader(sub, batch_size=sizes.batch)
+            for _, images, _ in infer_batches(model, loader):
+                cams(images)
+        else:
+            predict_dataset(model, sub, batch_size=sizes.batch)
 
     def warmup() -> None:  # kernels for the batch shape, imports and decoders
         bare(len(x))
@@ -507,6 +509,10 @@ def run_section(section: str, sizes: Sizes) -> dict[str, Any]:
 
 
 # -- table ----------------------------------------------------------------------------------------
+# issue #14's targets: each way of scoring over the bare forward in the same process
+INFERENCE_TARGETS = {"cam_bare": 0.80, "predict": 0.80, "predict_cam": 0.60}
+
+
 def _target(ratio: float) -> str:
     return f">= 0.95: {_met(ratio >= 0.95)}"
 
@@ -592,14 +598,16 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         "bare": "bare forward, in-memory batch (baseline)",
         "cam_bare": "Grad-CAM, in-memory batch",
         "predict": "predict_dataset from DICOM",
-        "predict_cam": "predict_dataset + Grad-CAM (scans read twice, as report.py)",
+        "predict_cam": "predict + Grad-CAM from DICOM (each scan read once, as predict and report)",
     }
     for name, label in labels.items():
         m = inf[name]
         value = f"{m['scans_per_s']:.1f} scans/s, peak {m['peak_rss_mb']['ru_maxrss']:.0f} MB"
         bare = m["scans_per_s"] / m["ratio_to_bare"]
         ratio = f"{m['ratio_to_bare']:.2f} x bare ({bare:.1f} scans/s in the same process)"
-        out.append(("3 inference", label, value, ratio, ""))
+        goal = INFERENCE_TARGETS.get(name)
+        target = f">= {goal:.2f}: {_met(m['ratio_to_bare'] >= goal)}" if goal else ""
+        out.append(("3 inference", label, value, ratio, target))
     ok = man["total_s"] < 10 and man["peak_rss_mb"] < 1024
     out.append(
         (
