@@ -158,7 +158,7 @@ def node_config(ckpt: Path, state: Path, **over: object) -> dict:
         "port": free_port(),
         "allowed_calling_ae_titles": ["MODALITY"],
         "destination": {"host": None},
-        "retry": {"backoff_s": 0.2, "backoff_max_s": 2.0},
+        "retry": {"backoff_s": 0.2, "backoff_max_s": 2.0, "max_rejections": 5},
         "batch_size": 4,
         "workers": 1,
         "cams": True,
@@ -340,7 +340,7 @@ def test_results_queued_while_the_pacs_is_down_arrive_once_it_is_up(
         tmp_path / "state",
         destination={"host": "127.0.0.1", "port": pacs_port, "ae_title": "PACS"},
         http_port=None,
-        retry={"backoff_s": 0.1, "backoff_max_s": 0.5},
+        retry={"backoff_s": 0.1, "backoff_max_s": 0.5, "max_rejections": 5},
         cams=False,  # SR only: the Secondary Capture is covered above
     )
     good = [make_radiograph(tmp_path / f"g{i}.dcm", seed=i) for i in range(3)]
@@ -405,6 +405,70 @@ def test_a_result_the_pacs_keeps_refusing_is_set_aside(ckpt: Path, tmp_path: Pat
     assert metrics.snapshot()["sent"] == 0
 
 
+def test_an_unreadable_result_is_set_aside_and_the_next_is_still_sent(
+    ckpt: Path, tmp_path: Path, caplog
+) -> None:
+    import os
+    import threading
+
+    from chestxr.serve import results
+    from chestxr.serve.sender import Destination, Sender
+    from chestxr.serve.worker import Scorer
+
+    pacs = FakePacs(free_port()).start()
+    outbox = tmp_path / "results/outbox"
+    outbox.mkdir(parents=True)
+    garbage = outbox / "a.sr.dcm"
+    garbage.write_bytes(b"not a DICOM file at all" * 10)
+    os.utime(garbage, ns=(1, 1))  # the oldest: sent first
+    scorer = Scorer(ckpt, cams=False)
+    ds = pydicom.dcmread(make_radiograph(tmp_path / "src.dcm"), stop_before_pixels=True)
+    results.write_sr(
+        ds, {"outputs": scorer.outputs(np.array([0.7]))}, scorer.info, outbox / "b.sr.dcm"
+    )
+    metrics = Metrics()
+    sender = Sender(outbox, Destination("127.0.0.1", pacs.port, "PACS"), metrics, max_rejections=5)
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: (tmp_path / "results/sent/b.sr.dcm").exists(), timeout=15)
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        pacs.stop()
+    assert [p.name for p in (tmp_path / "results/rejected").iterdir()] == ["a.sr.dcm"]
+    assert len(pacs.stored) == 1 and metrics.snapshot()["sent"] == 1
+    assert "a.sr.dcm" in caplog.text and "InvalidDicomError" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_health_names_a_stopped_thread(ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+    from chestxr.serve.node import Node
+    from chestxr.serve.sender import Sender
+
+    def broken(self, stop) -> None:
+        raise RuntimeError("the sender's thread ends")
+
+    monkeypatch.setattr(Sender, "run", broken)
+    cfg = node_config(
+        ckpt,
+        tmp_path / "state",
+        destination={"host": "127.0.0.1", "port": free_port(), "ae_title": "PACS"},
+    )
+    node = Node(cfg).start()
+    try:
+        wait_for(lambda: not node.alive()["chestxr-sender"], timeout=10)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{cfg['http_port']}/health")
+        body = json.load(err.value)
+        assert err.value.code == 503 and body["status"] == "degraded"
+        assert body["stopped"] == ["chestxr-sender"] and body["threads"]["chestxr-worker-0"]
+    finally:
+        node.stop()
+
+
 def start_node_process(cfg: dict, log_path: Path):
     """``python -m chestxr.serve`` as a subprocess with ``cfg``; returns once it accepts C-ECHO."""
     import os
@@ -463,7 +527,7 @@ def test_node_killed_mid_stream_loses_no_acknowledged_instance(ckpt: Path, tmp_p
         ckpt,
         tmp_path / "state",
         destination={"host": "127.0.0.1", "port": pacs.port, "ae_title": "PACS"},
-        retry={"backoff_s": 0.1, "backoff_max_s": 0.5},
+        retry={"backoff_s": 0.1, "backoff_max_s": 0.5, "max_rejections": 5},
         batch_size=2,
     )
     files = [make_radiograph(tmp_path / f"g{i}.dcm", seed=i, size=256) for i in range(10)]
