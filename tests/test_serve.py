@@ -469,6 +469,33 @@ def test_health_names_a_stopped_thread(ckpt: Path, tmp_path: Path, monkeypatch) 
         node.stop()
 
 
+def test_no_sr_reaches_the_outbox_when_its_secondary_capture_fails(
+    ckpt: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from chestxr.serve import results
+    from chestxr.serve.worker import Scorer, Worker
+
+    spool = Spool(tmp_path / "spool")
+    src = make_radiograph(tmp_path / "src.dcm")
+    uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+    spool.put(uid, src.read_bytes())
+    outbox = tmp_path / "results/outbox"
+    seen: list[list[str]] = []
+
+    def failing_sc(*args, **kwargs):
+        seen.append(sorted(p.name for p in outbox.iterdir()))  # what the sender could see now
+        raise ValueError("no Secondary Capture today")
+
+    monkeypatch.setattr(results, "build_sc", failing_sc)
+    worker = Worker(spool, Scorer(ckpt, cams=True), outbox, Metrics())
+    worker.process(spool.claim(8))
+    assert seen == [[]]  # the SR was not in the outbox while the SC was being built
+    assert not list(outbox.iterdir()) and not list((tmp_path / "results/staging").iterdir())
+    record = spool.record(spool_key(uid))
+    assert record["state"] == "failed"
+    assert "no Secondary Capture today" in record["reason"]
+
+
 def start_node_process(cfg: dict, log_path: Path):
     """``python -m chestxr.serve`` as a subprocess with ``cfg``; returns once it accepts C-ECHO."""
     import os
