@@ -25,8 +25,11 @@ CR = "1.2.840.10008.5.1.4.1.1.1"
 OPT = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 
 
-def make_checkpoint(path: Path, threshold: float = 0.5, seed: int = 0) -> Path:
-    """A small chestxr checkpoint (random weights, 64 px, a stored operating point)."""
+def make_checkpoint(
+    path: Path, threshold: float = 0.5, seed: int = 0, summary: dict | None = None
+) -> Path:
+    """A small chestxr checkpoint (random weights, 64 px, a stored operating point); ``summary``
+    is the run summary chestxr training stores under ``"chestxr"``."""
     torch.manual_seed(seed)
     model = ChestXRClassifier(
         task="binary",
@@ -40,6 +43,7 @@ def make_checkpoint(path: Path, threshold: float = 0.5, seed: int = 0) -> Path:
             "state_dict": model.state_dict(),
             "hyper_parameters": dict(model.hparams),
             "pytorch-lightning_version": L.__version__,
+            **({"chestxr": summary} if summary is not None else {}),
         },
         path,
     )
@@ -494,6 +498,37 @@ def test_no_sr_reaches_the_outbox_when_its_secondary_capture_fails(
     record = spool.record(spool_key(uid))
     assert record["state"] == "failed"
     assert "no Secondary Capture today" in record["reason"]
+
+
+def text_values(ds: Dataset) -> set[str]:
+    """Every TEXT content item's value in an SR's content tree."""
+    out: set[str] = set()
+    for item in ds.get("ContentSequence", []):
+        if "TextValue" in item:
+            out.add(str(item.TextValue))
+        out |= text_values(item)
+    return out
+
+
+def test_results_carry_the_model_cards_config_hash(tmp_path: Path, caplog) -> None:
+    from chestxr.serve import results
+    from chestxr.serve.adapter import load
+
+    src = pydicom.dcmread(make_radiograph(tmp_path / "src.dcm"), stop_before_pixels=True)
+    result = {"outputs": [{"name": "opacity", "probability": 0.7, "threshold": 0.5}]}
+    result["outputs"][0]["decision"] = True
+    card = make_checkpoint(tmp_path / "card.ckpt", summary={"config_hash": "0123456789abcdef"})
+    _, info = load(card)
+    assert (info["config_hash"], info["config_hash_source"]) == ("0123456789abcdef", "run")
+    texts = text_values(pydicom.dcmread(results.write_sr(src, result, info, tmp_path / "a.dcm")))
+    assert {"config_hash=0123456789abcdef", "config_hash_source=run"} <= texts
+    assert "records no training config hash" not in caplog.text
+    # a checkpoint without the run's hash: the hyperparameters' hash, said so
+    _, info = load(make_checkpoint(tmp_path / "bare.ckpt"))
+    assert info["config_hash_source"] == "hparams" and info["config_hash"] != "0123456789abcdef"
+    assert "records no training config hash" in caplog.text
+    texts = text_values(pydicom.dcmread(results.write_sr(src, result, info, tmp_path / "b.dcm")))
+    assert {f"config_hash={info['config_hash']}", "config_hash_source=hparams"} <= texts
 
 
 def start_node_process(cfg: dict, log_path: Path):

@@ -48,6 +48,7 @@ def score_bytes(scorer: Scorer, data: bytes, scratch: Path) -> dict[str, Any]:
         "model_name": info["model_name"],
         "model_version": info["model_version"],
         "config_hash": info["config_hash"],
+        "config_hash_source": info["config_hash_source"],
         "research_use_only": True,
     }
 

@@ -54,7 +54,10 @@ def build_sr(source: Dataset, result: dict[str, Any], info: dict[str, Any]) -> D
     algorithm = hd.sr.AlgorithmIdentification(
         name=info["model_name"],
         version=f"chestxr {info['chestxr_version']} model {version}",
-        parameters=[f"config_hash={info['config_hash']}"],
+        parameters=[
+            f"config_hash={info['config_hash']}",
+            f"config_hash_source={info.get('config_hash_source', 'run')}",
+        ],
     )
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
