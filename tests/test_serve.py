@@ -531,6 +531,50 @@ def test_results_carry_the_model_cards_config_hash(tmp_path: Path, caplog) -> No
     assert {f"config_hash={info['config_hash']}", "config_hash_source=hparams"} <= texts
 
 
+def test_a_multilabel_scan_is_explained_for_its_most_probable_finding(tmp_path: Path) -> None:
+    from chestxr.explain.cam import compute_cams, top_finding_cams
+    from chestxr.serve import results
+    from chestxr.serve.worker import Scorer, Worker
+
+    torch.manual_seed(1)
+    model = ChestXRClassifier(
+        task="multilabel",
+        classes=["effusion", "nodule", "opacity"],
+        preprocess={"image_size": 64},
+        optimizer=OPT,
+    ).eval()
+    images = torch.rand(6, 1, 64, 64)
+    maps, explained = top_finding_cams(model, images, target_layer="net.layer4")
+    with torch.no_grad():
+        assert explained.tolist() == model(images).argmax(1).tolist()
+    assert len(set(explained.tolist())) > 1  # not output 0 for every scan
+    for i, k in enumerate(explained):
+        one = images[i : i + 1]
+        want = compute_cams(model, one, output_index=int(k), target_layer="net.layer4")
+        assert np.allclose(maps[i], want[0], atol=1e-5)
+    # the node: the record and the Secondary Capture's banner name the finding explained
+    ckpt = tmp_path / "multi.ckpt"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": L.__version__,
+        },
+        ckpt,
+    )
+    spool = Spool(tmp_path / "spool")
+    src = make_radiograph(tmp_path / "src.dcm")
+    uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+    spool.put(uid, src.read_bytes())
+    scorer = Scorer(ckpt, cams=True)
+    Worker(spool, scorer, tmp_path / "results/outbox", Metrics()).process(spool.claim(8))
+    record = spool.record(spool_key(uid))
+    probs = [o["probability"] for o in record["outputs"]]
+    assert record["explained"] == record["outputs"][int(np.argmax(probs))]["name"]
+    lines = results.banner_lines(record, scorer.info)
+    assert lines[0] == f"Grad-CAM of {record['explained']}"
+
+
 def start_node_process(cfg: dict, log_path: Path):
     """``python -m chestxr.serve`` as a subprocess with ``cfg``; returns once it accepts C-ECHO."""
     import os

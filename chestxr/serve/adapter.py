@@ -99,14 +99,13 @@ def header(path: str | Path) -> dict[str, Any]:
 
 
 def cams(
-    model: torch.nn.Module, images: torch.Tensor, output_index: int, method: str
-) -> np.ndarray:
-    """``(B, S, S)`` Grad-CAM maps in [0, 1] for one output."""
-    from chestxr.explain import compute_cams
+    model: torch.nn.Module, images: torch.Tensor, method: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, S, S)`` Grad-CAM maps in [0, 1], each of its image's most probable finding, and
+    ``(B,)`` which output each explains (always 0 for a binary model)."""
+    from chestxr.explain.cam import top_finding_cams
 
-    return compute_cams(
-        model, images, output_index=output_index, method=method, target_layer="net.layer4"
-    )
+    return top_finding_cams(model, images, method=method, target_layer="net.layer4")
 
 
 def overlay(path: str | Path, cam: np.ndarray, preprocess: dict[str, Any]) -> np.ndarray:

@@ -41,7 +41,7 @@ def score_bytes(scorer: Scorer, data: bytes, scratch: Path) -> dict[str, Any]:
             except Exception as err:
                 raise NotScorable(f"unreadable DICOM: {type(err).__name__}: {err}") from err
         image = scorer.prepare(Path(f.name))
-    prob, _ = scorer.score(image[None])
+    prob, _, _ = scorer.score(image[None])
     info = scorer.info
     return {
         "outputs": scorer.outputs(prob[0]),

@@ -80,14 +80,19 @@ class Scorer:
         except RadiographReadError as err:
             raise NotScorable(f"unreadable: {adapter.read_error_reason(err)}") from err
 
-    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities ``(B, K)`` and, when enabled, CAMs of output 0 ``(B, S, S)``."""
+    def score(
+        self, images: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Probabilities ``(B, K)`` and, when enabled, CAMs ``(B, S, S)`` with the output each
+        explains ``(B,)``: the image's most probable finding (output 0 of a binary model)."""
         with self._lock:
             with torch.inference_mode():
                 logits = self.model(images.to(self.device)).float()
             prob = torch.sigmoid(logits).cpu().numpy()
-            maps = adapter.cams(self.model, images, 0, self.cam_method) if self.cams else None
-        return prob, maps
+            maps, explained = (
+                adapter.cams(self.model, images, self.cam_method) if self.cams else (None, None)
+            )
+        return prob, maps, explained
 
     def outputs(self, prob: np.ndarray) -> list[dict[str, Any]]:
         """One scored image's outputs: name, probability, threshold, decision."""
@@ -173,9 +178,11 @@ class Worker:
                 self._fail(item, str(err), ds)
         if not good:
             return
-        prob, maps = self.scorer.score(torch.stack([g[2] for g in good]))
+        prob, maps, explained = self.scorer.score(torch.stack([g[2] for g in good]))
         for j, (item, ds, _) in enumerate(good):
-            result = {"outputs": self.scorer.outputs(prob[j])}
+            result: dict[str, Any] = {"outputs": self.scorer.outputs(prob[j])}
+            if explained is not None:
+                result["explained"] = self.scorer.info["outputs"][int(explained[j])]
             try:
                 files = self._write_results(item, ds, result, None if maps is None else maps[j])
             except OSError:
