@@ -218,7 +218,7 @@ def pacs_down_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int, down_s: 
         cams=False,
         batch_size=BATCH,
         http_port=None,
-        retry={"backoff_s": 0.5, "backoff_max_s": 4.0},
+        retry={"backoff_s": 0.5, "backoff_max_s": 4.0, "max_rejections": 5},
     )
     orthanc, http, dicom = start_orthanc(tmp / "down/orthanc", cfg["port"])
     cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC"}

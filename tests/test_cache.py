@@ -141,6 +141,34 @@ def test_replaced_scan_is_read_again(tmp_path):
     assert_close(again, images(manifest, tmp_path / "none", cache="none"), QUANT)
 
 
+def test_scan_replaced_while_read_never_gives_its_old_pixels(tmp_path, monkeypatch):
+    """A file replaced between its identity and its decoded pixels reaching the cache: the old
+    pixels are stored under the old identity, so the new file is a miss and is read again."""
+    manifest = make_set(tmp_path)
+    cache = tmp_path / "c"
+    ds = module(manifest, cache).dataset("val")
+    path = Path(ds.data[0][keys.IMAGE])
+    with Image.open(path) as im:
+        shape = im.size[::-1]
+    decode = ds.transform
+
+    def decode_then_replace(data, *args, **kwargs):
+        out = decode(data, *args, **kwargs)
+        if Path(str(data[keys.IMAGE])) == path and not (tmp_path / "new.png").exists():
+            write_png(tmp_path / "new.png", seed=3000, shape=shape)  # a new inode: a new identity
+            os.replace(tmp_path / "new.png", path)
+            (tmp_path / "new.png").touch()  # once only
+        return out
+
+    monkeypatch.setattr(ds, "transform", decode_then_replace)
+    old = ds[0][keys.IMAGE]  # decoded before the replacement
+    monkeypatch.undo()
+    truth = images(manifest, tmp_path / "none", cache="none")[path.name]
+    assert not torch.equal(old, truth)
+    again = images(manifest, cache)[path.name]
+    assert float((again - truth).abs().max()) <= QUANT
+
+
 @pytest.mark.parametrize("fault", ["truncated", "empty", "altered"])
 def test_corrupt_entry_is_rebuilt_with_a_warning_naming_the_source(tmp_path, caplog, fault):
     manifest = make_set(tmp_path)

@@ -25,8 +25,11 @@ CR = "1.2.840.10008.5.1.4.1.1.1"
 OPT = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 
 
-def make_checkpoint(path: Path, threshold: float = 0.5, seed: int = 0) -> Path:
-    """A small chestxr checkpoint (random weights, 64 px, a stored operating point)."""
+def make_checkpoint(
+    path: Path, threshold: float = 0.5, seed: int = 0, summary: dict | None = None
+) -> Path:
+    """A small chestxr checkpoint (random weights, 64 px, a stored operating point); ``summary``
+    is the run summary chestxr training stores under ``"chestxr"``."""
     torch.manual_seed(seed)
     model = ChestXRClassifier(
         task="binary",
@@ -40,6 +43,7 @@ def make_checkpoint(path: Path, threshold: float = 0.5, seed: int = 0) -> Path:
             "state_dict": model.state_dict(),
             "hyper_parameters": dict(model.hparams),
             "pytorch-lightning_version": L.__version__,
+            **({"chestxr": summary} if summary is not None else {}),
         },
         path,
     )
@@ -158,7 +162,7 @@ def node_config(ckpt: Path, state: Path, **over: object) -> dict:
         "port": free_port(),
         "allowed_calling_ae_titles": ["MODALITY"],
         "destination": {"host": None},
-        "retry": {"backoff_s": 0.2, "backoff_max_s": 2.0},
+        "retry": {"backoff_s": 0.2, "backoff_max_s": 2.0, "max_rejections": 5},
         "batch_size": 4,
         "workers": 1,
         "cams": True,
@@ -340,7 +344,7 @@ def test_results_queued_while_the_pacs_is_down_arrive_once_it_is_up(
         tmp_path / "state",
         destination={"host": "127.0.0.1", "port": pacs_port, "ae_title": "PACS"},
         http_port=None,
-        retry={"backoff_s": 0.1, "backoff_max_s": 0.5},
+        retry={"backoff_s": 0.1, "backoff_max_s": 0.5, "max_rejections": 5},
         cams=False,  # SR only: the Secondary Capture is covered above
     )
     good = [make_radiograph(tmp_path / f"g{i}.dcm", seed=i) for i in range(3)]
@@ -405,6 +409,172 @@ def test_a_result_the_pacs_keeps_refusing_is_set_aside(ckpt: Path, tmp_path: Pat
     assert metrics.snapshot()["sent"] == 0
 
 
+def test_an_unreadable_result_is_set_aside_and_the_next_is_still_sent(
+    ckpt: Path, tmp_path: Path, caplog
+) -> None:
+    import os
+    import threading
+
+    from chestxr.serve import results
+    from chestxr.serve.sender import Destination, Sender
+    from chestxr.serve.worker import Scorer
+
+    pacs = FakePacs(free_port()).start()
+    outbox = tmp_path / "results/outbox"
+    outbox.mkdir(parents=True)
+    garbage = outbox / "a.sr.dcm"
+    garbage.write_bytes(b"not a DICOM file at all" * 10)
+    os.utime(garbage, ns=(1, 1))  # the oldest: sent first
+    scorer = Scorer(ckpt, cams=False)
+    ds = pydicom.dcmread(make_radiograph(tmp_path / "src.dcm"), stop_before_pixels=True)
+    results.write_sr(
+        ds, {"outputs": scorer.outputs(np.array([0.7]))}, scorer.info, outbox / "b.sr.dcm"
+    )
+    metrics = Metrics()
+    sender = Sender(outbox, Destination("127.0.0.1", pacs.port, "PACS"), metrics, max_rejections=5)
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: (tmp_path / "results/sent/b.sr.dcm").exists(), timeout=15)
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        pacs.stop()
+    assert [p.name for p in (tmp_path / "results/rejected").iterdir()] == ["a.sr.dcm"]
+    assert len(pacs.stored) == 1 and metrics.snapshot()["sent"] == 1
+    assert "a.sr.dcm" in caplog.text and "InvalidDicomError" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_health_names_a_stopped_thread(ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+    from chestxr.serve.node import Node
+    from chestxr.serve.sender import Sender
+
+    def broken(self, stop) -> None:
+        raise RuntimeError("the sender's thread ends")
+
+    monkeypatch.setattr(Sender, "run", broken)
+    cfg = node_config(
+        ckpt,
+        tmp_path / "state",
+        destination={"host": "127.0.0.1", "port": free_port(), "ae_title": "PACS"},
+    )
+    node = Node(cfg).start()
+    try:
+        wait_for(lambda: not node.alive()["chestxr-sender"], timeout=10)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{cfg['http_port']}/health")
+        body = json.load(err.value)
+        assert err.value.code == 503 and body["status"] == "degraded"
+        assert body["stopped"] == ["chestxr-sender"] and body["threads"]["chestxr-worker-0"]
+    finally:
+        node.stop()
+
+
+def test_no_sr_reaches_the_outbox_when_its_secondary_capture_fails(
+    ckpt: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from chestxr.serve import results
+    from chestxr.serve.worker import Scorer, Worker
+
+    spool = Spool(tmp_path / "spool")
+    src = make_radiograph(tmp_path / "src.dcm")
+    uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+    spool.put(uid, src.read_bytes())
+    outbox = tmp_path / "results/outbox"
+    seen: list[list[str]] = []
+
+    def failing_sc(*args, **kwargs):
+        seen.append(sorted(p.name for p in outbox.iterdir()))  # what the sender could see now
+        raise ValueError("no Secondary Capture today")
+
+    monkeypatch.setattr(results, "build_sc", failing_sc)
+    worker = Worker(spool, Scorer(ckpt, cams=True), outbox, Metrics())
+    worker.process(spool.claim(8))
+    assert seen == [[]]  # the SR was not in the outbox while the SC was being built
+    assert not list(outbox.iterdir()) and not list((tmp_path / "results/staging").iterdir())
+    record = spool.record(spool_key(uid))
+    assert record["state"] == "failed"
+    assert "no Secondary Capture today" in record["reason"]
+
+
+def text_values(ds: Dataset) -> set[str]:
+    """Every TEXT content item's value in an SR's content tree."""
+    out: set[str] = set()
+    for item in ds.get("ContentSequence", []):
+        if "TextValue" in item:
+            out.add(str(item.TextValue))
+        out |= text_values(item)
+    return out
+
+
+def test_results_carry_the_model_cards_config_hash(tmp_path: Path, caplog) -> None:
+    from chestxr.serve import results
+    from chestxr.serve.adapter import load
+
+    src = pydicom.dcmread(make_radiograph(tmp_path / "src.dcm"), stop_before_pixels=True)
+    result = {"outputs": [{"name": "opacity", "probability": 0.7, "threshold": 0.5}]}
+    result["outputs"][0]["decision"] = True
+    card = make_checkpoint(tmp_path / "card.ckpt", summary={"config_hash": "0123456789abcdef"})
+    _, info = load(card)
+    assert (info["config_hash"], info["config_hash_source"]) == ("0123456789abcdef", "run")
+    texts = text_values(pydicom.dcmread(results.write_sr(src, result, info, tmp_path / "a.dcm")))
+    assert {"config_hash=0123456789abcdef", "config_hash_source=run"} <= texts
+    assert "records no training config hash" not in caplog.text
+    # a checkpoint without the run's hash: the hyperparameters' hash, said so
+    _, info = load(make_checkpoint(tmp_path / "bare.ckpt"))
+    assert info["config_hash_source"] == "hparams" and info["config_hash"] != "0123456789abcdef"
+    assert "records no training config hash" in caplog.text
+    texts = text_values(pydicom.dcmread(results.write_sr(src, result, info, tmp_path / "b.dcm")))
+    assert {f"config_hash={info['config_hash']}", "config_hash_source=hparams"} <= texts
+
+
+def test_a_multilabel_scan_is_explained_for_its_most_probable_finding(tmp_path: Path) -> None:
+    from chestxr.explain.cam import compute_cams, top_finding_cams
+    from chestxr.serve import results
+    from chestxr.serve.worker import Scorer, Worker
+
+    torch.manual_seed(1)
+    model = ChestXRClassifier(
+        task="multilabel",
+        classes=["effusion", "nodule", "opacity"],
+        preprocess={"image_size": 64},
+        optimizer=OPT,
+    ).eval()
+    images = torch.rand(6, 1, 64, 64)
+    maps, explained = top_finding_cams(model, images, target_layer="net.layer4")
+    with torch.no_grad():
+        assert explained.tolist() == model(images).argmax(1).tolist()
+    assert len(set(explained.tolist())) > 1  # not output 0 for every scan
+    for i, k in enumerate(explained):
+        one = images[i : i + 1]
+        want = compute_cams(model, one, output_index=int(k), target_layer="net.layer4")
+        assert np.allclose(maps[i], want[0], atol=1e-5)
+    # the node: the record and the Secondary Capture's banner name the finding explained
+    ckpt = tmp_path / "multi.ckpt"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": L.__version__,
+        },
+        ckpt,
+    )
+    spool = Spool(tmp_path / "spool")
+    src = make_radiograph(tmp_path / "src.dcm")
+    uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+    spool.put(uid, src.read_bytes())
+    scorer = Scorer(ckpt, cams=True)
+    Worker(spool, scorer, tmp_path / "results/outbox", Metrics()).process(spool.claim(8))
+    record = spool.record(spool_key(uid))
+    probs = [o["probability"] for o in record["outputs"]]
+    assert record["explained"] == record["outputs"][int(np.argmax(probs))]["name"]
+    lines = results.banner_lines(record, scorer.info)
+    assert lines[0] == f"Grad-CAM of {record['explained']}"
+
+
 def start_node_process(cfg: dict, log_path: Path):
     """``python -m chestxr.serve`` as a subprocess with ``cfg``; returns once it accepts C-ECHO."""
     import os
@@ -463,7 +633,7 @@ def test_node_killed_mid_stream_loses_no_acknowledged_instance(ckpt: Path, tmp_p
         ckpt,
         tmp_path / "state",
         destination={"host": "127.0.0.1", "port": pacs.port, "ae_title": "PACS"},
-        retry={"backoff_s": 0.1, "backoff_max_s": 0.5},
+        retry={"backoff_s": 0.1, "backoff_max_s": 0.5, "max_rejections": 5},
         batch_size=2,
     )
     files = [make_radiograph(tmp_path / f"g{i}.dcm", seed=i, size=256) for i in range(10)]

@@ -453,12 +453,18 @@ class CachedDataset(Dataset):
 
     def _preprocessed(self, item: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         source = str(item[self.image_key])
-        hit = self.store.get(source)
+        # the identity is taken once, before the read: a file replaced while it is being read
+        # leaves its pixels under the old identity (a miss next time), never under the new one
+        key = self.store.key(source)
+        hit = None if key is None else self.store.get(source, key=key)
         if hit is None:
             out = self.transform(dict(item), end=self.first_random, threading=True)
             image = _numpy(out[self.image_key])
             meta = {str(k): _plain(v) for k, v in out.items() if k not in item}
-            hit = self.store.put(source, image, meta), meta
+            if key is None:  # not stat'ed before the read: nothing to key the entry by
+                hit = np.asarray(image, dtype=np.float32), meta
+            else:
+                hit = self.store.put(source, image, meta, key=key), meta
         image, meta = hit
         d = dict(item)
         d.update({k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()})

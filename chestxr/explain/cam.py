@@ -367,5 +367,30 @@ def compute_cams(
     return maps[method][:, 0]
 
 
+def top_finding_cams(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    method: str = "gradcam",
+    target_layer: str = "layer4",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the map of the output (finding) with the highest probability.
+
+    With one output (binary) this is :func:`compute_cams` of output 0. With several, each image's
+    map explains its most probable finding; the outputs needed are explained from one forward.
+
+    Returns:
+        ``(B, S, S)`` maps as :func:`compute_cams`, and ``(B,)`` the output each one explains.
+    """
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits = model(torch.as_tensor(images).to(device)).float().cpu().numpy()
+    explained = logits.argmax(axis=1)  # sigmoid is monotonic: the most probable finding
+    wanted = sorted({int(i) for i in explained})
+    maps = cam_maps(model, images, methods=[method], target_layer=target_layer, outputs=wanted)
+    column = np.searchsorted(wanted, explained)
+    return maps[method][np.arange(len(explained)), column], explained
+
+
 #: The registered method names (kept for callers that import the tuple).
 CAM_METHODS = cam_methods()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from chestxr.data.transforms import geometry
-from chestxr.explain.cam import compute_cams
+from chestxr.explain.cam import top_finding_cams
 from chestxr.explain.overlay import blend_overlay, cam_to_original, overlay_figure
 from chestxr.explain.secondary_capture import write_secondary_capture
 from chestxr.io import RadiographReadError, read_header, read_radiograph
@@ -28,8 +28,9 @@ def write_scan_overlays(
     target_layer: str,
     secondary_capture: bool,
 ) -> list[str]:
-    """A CAM overlay PNG per scan (``out_dir/NAME.png``, titled NAME), and optionally a Secondary
-    Capture of each DICOM source (``out_dir/NAME_sc.dcm``).
+    """A CAM overlay PNG per scan (``out_dir/NAME.png``, titled NAME and the finding explained,
+    the scan's most probable), and optionally a Secondary Capture of each DICOM source
+    (``out_dir/NAME_sc.dcm``).
 
     Args:
         model: the classifier (its ``hparams.preprocess`` made ``images``).
@@ -46,15 +47,16 @@ def write_scan_overlays(
         (not a DICOM source, or a source the writer cannot reference); "" when not asked for.
     """
     pre = dict(model.hparams.preprocess)
-    cams = compute_cams(model, images, output_index=0, method=method, target_layer=target_layer)
+    cams, explained = top_finding_cams(model, images, method=method, target_layer=target_layer)
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes = []
-    for cam, path, name in zip(cams, paths, names, strict=True):
+    for cam, index, path, name in zip(cams, explained, paths, names, strict=True):
         image = read_radiograph(path, frame=pre.get("frame"), voi=pre.get("voi", "header"))
         full = cam_to_original(
             cam, image.shape, geometry(image.shape, pre["image_size"], pre.get("resize", "pad"))
         )
-        overlay_figure(image, full, out_dir / f"{name}.png", title=name)
+        title = f"{name}: Grad-CAM of {model.output_names[int(index)]}"
+        overlay_figure(image, full, out_dir / f"{name}.png", title=title)
         outcomes.append(
             _secondary_capture(image, full, path, out_dir / f"{name}_sc.dcm")
             if secondary_capture

@@ -6,7 +6,9 @@ Kept in one place so that changes of those functions' signatures are fixed here 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +19,38 @@ from chestxr import __version__, keys
 from chestxr.io import RadiographReadError, read_header, read_radiograph
 from chestxr.utils.ids import find_cause
 
+log = logging.getLogger(__name__)
+
 
 def load(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model (eval mode) and its description: names, thresholds, preprocessing, hashes.
+
+    ``config_hash`` is the training run's, as the model card gives it (recorded in the
+    checkpoint by ``chestxr.training``); a checkpoint without it gets a hash of the model's
+    hyperparameters instead, with a warning, and ``config_hash_source`` says which it is
+    (``run`` or ``hparams``).
 
     Raises:
         FileNotFoundError: no checkpoint at ``ckpt_path``.
         ValueError: not a chestxr checkpoint.
     """
     from chestxr.inference import load_model
+    from chestxr.utils.checkpoints import safe_torch_load
 
     model = load_model(ckpt_path)
     thresholds = model.thresholds.detach().cpu().numpy().astype(float)
     no_op = bool(np.isnan(thresholds).any())
-    hparams = json.dumps(dict(model.hparams), sort_keys=True, default=str)
-    digest = hashlib.sha256()
-    with open(ckpt_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    data = Path(ckpt_path).expanduser().read_bytes()
+    summary = safe_torch_load(io.BytesIO(data)).get("chestxr") or {}
+    config_hash, source = summary.get("config_hash"), "run"
+    if not config_hash:
+        hparams = json.dumps(dict(model.hparams), sort_keys=True, default=str)
+        config_hash, source = hashlib.sha256(hparams.encode()).hexdigest()[:12], "hparams"
+        log.warning(
+            "%s records no training config hash (not saved by chestxr training); results "
+            "carry a hash of the model's hyperparameters instead (config_hash_source=hparams)",
+            ckpt_path,
+        )
     info = {
         "outputs": list(model.output_names),
         "thresholds": np.where(np.isnan(thresholds), 0.5, thresholds).tolist(),
@@ -42,8 +58,9 @@ def load(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         "preprocess": dict(model.hparams.preprocess),
         "model_name": "chestxr ResNet-18",
         "chestxr_version": __version__,
-        "model_version": digest.hexdigest()[:12],
-        "config_hash": hashlib.sha256(hparams.encode()).hexdigest()[:12],
+        "model_version": hashlib.sha256(data).hexdigest()[:12],
+        "config_hash": str(config_hash),
+        "config_hash_source": source,
     }
     return model, info
 
@@ -82,14 +99,13 @@ def header(path: str | Path) -> dict[str, Any]:
 
 
 def cams(
-    model: torch.nn.Module, images: torch.Tensor, output_index: int, method: str
-) -> np.ndarray:
-    """``(B, S, S)`` Grad-CAM maps in [0, 1] for one output."""
-    from chestxr.explain import compute_cams
+    model: torch.nn.Module, images: torch.Tensor, method: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, S, S)`` Grad-CAM maps in [0, 1], each of its image's most probable finding, and
+    ``(B,)`` which output each explains (always 0 for a binary model)."""
+    from chestxr.explain.cam import top_finding_cams
 
-    return compute_cams(
-        model, images, output_index=output_index, method=method, target_layer="net.layer4"
-    )
+    return top_finding_cams(model, images, method=method, target_layer="net.layer4")
 
 
 def overlay(path: str | Path, cam: np.ndarray, preprocess: dict[str, Any]) -> np.ndarray:

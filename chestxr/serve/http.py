@@ -1,7 +1,8 @@
 """The HTTP face for non-DICOM callers (standard library only).
 
 ``POST /score`` with a DICOM or PNG/JPEG body returns the JSON result (or 422 with the reason);
-``GET /health`` says the node is up; ``GET /metrics`` gives the counters and latency percentiles.
+``GET /health`` says whether the node's threads are running (503 when one has stopped);
+``GET /metrics`` gives the counters and latency percentiles.
 """
 
 from __future__ import annotations
@@ -40,21 +41,32 @@ def score_bytes(scorer: Scorer, data: bytes, scratch: Path) -> dict[str, Any]:
             except Exception as err:
                 raise NotScorable(f"unreadable DICOM: {type(err).__name__}: {err}") from err
         image = scorer.prepare(Path(f.name))
-    prob, _ = scorer.score(image[None])
+    prob, _, _ = scorer.score(image[None])
     info = scorer.info
     return {
         "outputs": scorer.outputs(prob[0]),
         "model_name": info["model_name"],
         "model_version": info["model_version"],
         "config_hash": info["config_hash"],
+        "config_hash_source": info["config_hash_source"],
         "research_use_only": True,
     }
 
 
 def make_server(
-    bind: str, port: int, scorer: Scorer, metrics: Metrics, scratch: Path, extra: Any = None
+    bind: str,
+    port: int,
+    scorer: Scorer,
+    metrics: Metrics,
+    scratch: Path,
+    extra: Any = None,
+    alive: Any = None,
 ) -> ThreadingHTTPServer:
-    """The HTTP server (not yet serving). ``extra()`` adds fields to ``/metrics``."""
+    """The HTTP server (not yet serving).
+
+    ``extra()`` adds fields to ``/metrics``; ``alive()`` maps thread names to whether they run,
+    and ``/health`` answers 503 ``"status": "degraded"`` naming any that has stopped.
+    """
     scratch.mkdir(parents=True, exist_ok=True)
 
     class Handler(BaseHTTPRequestHandler):
@@ -68,7 +80,16 @@ def make_server(
 
         def do_GET(self) -> None:
             if self.path == "/health":
-                self._reply(200, {"status": "ok", "model_version": scorer.info["model_version"]})
+                threads = alive() if alive else {}
+                stopped = sorted(name for name, running in threads.items() if not running)
+                body = {
+                    "status": "degraded" if stopped else "ok",
+                    "model_version": scorer.info["model_version"],
+                    "threads": threads,
+                }
+                if stopped:
+                    body["stopped"] = stopped
+                self._reply(503 if stopped else 200, body)
             elif self.path == "/metrics":
                 self._reply(200, metrics.snapshot(**(extra() if extra else {})))
             else:

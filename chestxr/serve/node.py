@@ -47,7 +47,7 @@ class Node:
             received_ns=self._received_ns,
             backoff_s=float(cfg["retry"]["backoff_s"]),
             backoff_max_s=float(cfg["retry"]["backoff_max_s"]),
-            max_rejections=int(cfg["retry"].get("max_rejections", 5)),
+            max_rejections=int(cfg["retry"]["max_rejections"]),
         )
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -72,6 +72,16 @@ class Node:
             "outbox": len(self.sender.waiting()),
         }
 
+    def alive(self) -> dict[str, bool]:
+        """Whether each of the node's threads is running, by thread name (for ``/health``).
+
+        The sender counts as running when no destination is configured (it has nothing to do).
+        """
+        state = {t.name: t.is_alive() for t in self._threads}
+        if self.sender.destination is None:
+            state.pop("chestxr-sender", None)
+        return state
+
     def start(self) -> Node:
         """Start every part (returns at once)."""
         for i, w in enumerate(self.workers):
@@ -91,6 +101,7 @@ class Node:
                 self.metrics,
                 Path(cfg["state_dir"]).expanduser() / "http",
                 self.extra_metrics,
+                self.alive,
             )
             serve_in_thread(self._http)
             log.info("HTTP on %s:%d (/score, /health, /metrics)", cfg["bind"], cfg["http_port"])

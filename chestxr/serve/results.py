@@ -54,7 +54,10 @@ def build_sr(source: Dataset, result: dict[str, Any], info: dict[str, Any]) -> D
     algorithm = hd.sr.AlgorithmIdentification(
         name=info["model_name"],
         version=f"chestxr {info['chestxr_version']} model {version}",
-        parameters=[f"config_hash={info['config_hash']}"],
+        parameters=[
+            f"config_hash={info['config_hash']}",
+            f"config_hash_source={info.get('config_hash_source', 'run')}",
+        ],
     )
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -121,8 +124,11 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def banner(rgb: np.ndarray, lines: list[str], cmap: str = "jet") -> np.ndarray:
-    """The overlay with a black band on top holding ``lines`` and a colour legend.
+def banner(
+    rgb: np.ndarray, lines: list[str], cmap: str = "jet", legend: str = "Grad-CAM"
+) -> np.ndarray:
+    """The overlay with a black band on top holding ``lines`` and a colour legend (``legend``
+    names what the colours show).
 
     Returns:
         ``(H + band, W, 3)`` uint8 array.
@@ -144,13 +150,15 @@ def banner(rgb: np.ndarray, lines: list[str], cmap: str = "jet") -> np.ndarray:
     bar = np.round(np.repeat(colours[None], size, axis=0) * 255).astype(np.uint8)
     canvas.paste(Image.fromarray(bar), (x0, y))
     draw.text((size // 2, y), "low", fill=(255, 255, 255), font=font)
-    draw.text((x1 + size // 2, y), "high Grad-CAM", fill=(255, 255, 255), font=font)
+    draw.text((x1 + size // 2, y), f"high {legend}", fill=(255, 255, 255), font=font)
     return np.asarray(canvas)
 
 
 def banner_lines(result: dict[str, Any], info: dict[str, Any]) -> list[str]:
     """What the Secondary Capture's banner says."""
     lines = []
+    if result.get("explained"):
+        lines.append(f"Grad-CAM of {result['explained']}")
     for out in result["outputs"]:
         decision = "POSITIVE" if out["decision"] else "negative"
         lines.append(
@@ -168,7 +176,9 @@ def build_sc(
     source: Dataset, rgb: np.ndarray, result: dict[str, Any], info: dict[str, Any], out_path: Path
 ) -> Path:
     """Write the bannered Grad-CAM Secondary Capture (patient module kept, PACS needs it)."""
-    image = banner(rgb, banner_lines(result, info))
+    explained = result.get("explained")
+    legend = f"Grad-CAM of {explained}" if explained else "Grad-CAM"
+    image = banner(rgb, banner_lines(result, info), legend=legend)
     # written first beside the outbox (the sender only sends the final file)
     staging = out_path.parent / ".staging" / out_path.name
     adapter.write_secondary_capture(image, source, staging)

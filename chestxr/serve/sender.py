@@ -4,7 +4,9 @@ A file stays in ``outbox/`` until the destination has accepted it, then moves to
 the destination is down nothing is lost, and everything is sent once it is back (also after a
 restart of the node). Connection failures are retried without end (the delay is capped by
 ``backoff_max_s``); a file the destination *refuses* (a C-STORE failure status) ``max_rejections``
-times moves to ``rejected/`` with a warning, so that one bad result cannot block the queue.
+times moves to ``rejected/`` with a warning, so that one bad result cannot block the queue; a
+file that cannot be read as DICOM at all moves there at once (the reason logged, no identifiers).
+No error in one file stops the sender's thread.
 """
 
 from __future__ import annotations
@@ -57,18 +59,19 @@ class Sender:
         received_ns: maps a file's spool key to its reception time, for the latency.
         backoff_s: first retry delay; doubled per failure up to ``backoff_max_s``.
         max_per_association: files sent over one association.
-        max_rejections: refusals by the destination before a file moves to ``rejected/``.
+        max_rejections: refusals by the destination before a file moves to ``rejected/``
+            (``retry.max_rejections`` in ``conf/serve.yaml``).
     """
 
     outbox: Path
     destination: Destination | None
     metrics: Metrics
+    max_rejections: int
     received_ns: object = None
     backoff_s: float = 1.0
     backoff_max_s: float = 60.0
     timeout_s: float = 10.0
     max_per_association: int = 64
-    max_rejections: int = 5
     poll_s: float = 0.1
     _state: dict[str, _Backoff] = field(default_factory=dict)
 
@@ -102,7 +105,12 @@ class Sender:
                 self.wake.wait(self.poll_s)
                 self.wake.clear()
                 continue
-            self.send(due[: self.max_per_association])
+            batch = due[: self.max_per_association]
+            try:
+                self.send(batch)
+            except Exception as err:  # a bug or an unforeseen error must not end the thread
+                log.error("sending failed: %s: %s", type(err).__name__, err)
+                self._failed(batch, type(err).__name__)
 
     def _failed(self, files: list[Path], why: str) -> None:
         for p in files:
@@ -113,23 +121,28 @@ class Sender:
         self.metrics.count("send_errors", len(files))
         log.warning("could not send %d results (%s); retrying with back-off", len(files), why)
 
-    def _refused(self, path: Path, code: int) -> None:
+    def _refused(self, path: Path, why: str) -> None:
         st = self._state.setdefault(path.name, _Backoff())
         st.rejections += 1
         if st.rejections >= self.max_rejections:
-            os.replace(path, self.rejected / path.name)
-            self._state.pop(path.name, None)
-            self.metrics.count("send_errors")
-            log.error(
-                "%s refused %s %d times (status 0x%04X); moved to %s",
-                self.destination.ae_title if self.destination else "destination",
-                path.name,
-                st.rejections,
-                code,
-                self.rejected,
+            self._set_aside(
+                path,
+                f"{self.destination.ae_title if self.destination else 'destination'} refused it "
+                f"{st.rejections} times ({why})",
             )
             return
-        self._failed([path], f"C-STORE status 0x{code:04X}")
+        self._failed([path], why)
+
+    def _set_aside(self, path: Path, why: str) -> None:
+        """Move ``path`` to ``rejected/`` and log why (file name and reason only)."""
+        try:
+            os.replace(path, self.rejected / path.name)
+        except FileNotFoundError:
+            return
+        finally:
+            self._state.pop(path.name, None)
+        self.metrics.count("send_errors")
+        log.error("result %s not sent: %s; moved to %s", path.name, why, self.rejected)
 
     def send(self, files: list[Path]) -> int:
         """Send ``files`` over one association; returns how many were accepted."""
@@ -150,9 +163,21 @@ class Sender:
             for path in files:
                 try:
                     ds = pydicom.dcmread(path)
+                except FileNotFoundError:  # moved away meanwhile: nothing to send
+                    self._state.pop(path.name, None)
+                    continue
+                except Exception as err:  # not DICOM, truncated...: retrying cannot help
+                    self._set_aside(path, f"unreadable: {type(err).__name__}")
+                    continue
+                try:
                     status = assoc.send_c_store(ds)
-                except (OSError, RuntimeError, ValueError) as err:
+                except (OSError, RuntimeError) as err:  # the transport
                     self._failed([path], f"{type(err).__name__}: {err}")
+                    if not assoc.is_established:
+                        break
+                    continue
+                except Exception as err:  # this file (no accepted context for it, bad encoding)
+                    self._refused(path, type(err).__name__)
                     if not assoc.is_established:
                         break
                     continue
@@ -161,7 +186,7 @@ class Sender:
                     self._failed([path], "no C-STORE response")
                     continue
                 if code != 0x0000 and (code & 0xF000) != 0xB000:
-                    self._refused(path, code)
+                    self._refused(path, f"C-STORE status 0x{code:04X}")
                     continue
                 self._done(path)
                 ok += 1

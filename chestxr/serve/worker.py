@@ -1,9 +1,14 @@
 """Scoring: the spool's pending instances, in small batches, with the model's own preprocessing,
-stored operating point and Grad-CAM; results written as DICOM into the outbox."""
+stored operating point and Grad-CAM; results written as DICOM into the outbox.
+
+An instance's results (SR, and SC when CAMs are on) are written into ``staging/`` beside the
+outbox and moved into the outbox only once all of them exist, so the sender never sends an SR
+whose Secondary Capture could not be built."""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -75,14 +80,19 @@ class Scorer:
         except RadiographReadError as err:
             raise NotScorable(f"unreadable: {adapter.read_error_reason(err)}") from err
 
-    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities ``(B, K)`` and, when enabled, CAMs of output 0 ``(B, S, S)``."""
+    def score(
+        self, images: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Probabilities ``(B, K)`` and, when enabled, CAMs ``(B, S, S)`` with the output each
+        explains ``(B,)``: the image's most probable finding (output 0 of a binary model)."""
         with self._lock:
             with torch.inference_mode():
                 logits = self.model(images.to(self.device)).float()
             prob = torch.sigmoid(logits).cpu().numpy()
-            maps = adapter.cams(self.model, images, 0, self.cam_method) if self.cams else None
-        return prob, maps
+            maps, explained = (
+                adapter.cams(self.model, images, self.cam_method) if self.cams else (None, None)
+            )
+        return prob, maps, explained
 
     def outputs(self, prob: np.ndarray) -> list[dict[str, Any]]:
         """One scored image's outputs: name, probability, threshold, decision."""
@@ -98,7 +108,8 @@ class Worker:
     Args:
         spool: the intake spool.
         scorer: the model.
-        outbox: folder where the SR and SC files are written for the sender.
+        outbox: folder where the SR and SC files are put for the sender (built in ``staging/``
+            beside it first).
         metrics: counters to update.
         batch_size: most instances per forward pass.
         poll_s: how long to sleep when nothing is pending.
@@ -115,7 +126,9 @@ class Worker:
         poll_s: float = 0.05,
     ) -> None:
         self.spool, self.scorer, self.outbox, self.metrics = spool, scorer, Path(outbox), metrics
-        self.outbox.mkdir(parents=True, exist_ok=True)
+        self.staging = self.outbox.parent / "staging"
+        for folder in (self.outbox, self.staging):
+            folder.mkdir(parents=True, exist_ok=True)
         self.batch_size, self.poll_s = batch_size, poll_s
         self.wake = threading.Event()
 
@@ -165,16 +178,18 @@ class Worker:
                 self._fail(item, str(err), ds)
         if not good:
             return
-        prob, maps = self.scorer.score(torch.stack([g[2] for g in good]))
+        prob, maps, explained = self.scorer.score(torch.stack([g[2] for g in good]))
         for j, (item, ds, _) in enumerate(good):
-            result = {"outputs": self.scorer.outputs(prob[j])}
+            result: dict[str, Any] = {"outputs": self.scorer.outputs(prob[j])}
+            if explained is not None:
+                result["explained"] = self.scorer.info["outputs"][int(explained[j])]
             try:
                 files = self._write_results(item, ds, result, None if maps is None else maps[j])
             except OSError:
+                self._discard_staged(item)
                 raise  # e.g. a full disk: the batch stays pending and is retried
             except Exception as err:  # one instance whose results cannot be built: no poison pill
-                for kind in ("sr", "sc"):
-                    self._out(item, kind).unlink(missing_ok=True)
+                self._discard_staged(item)
                 self._fail(item, f"results not written: {type(err).__name__}: {err}", ds)
                 continue
             latency = (time.time_ns() - item.received_ns) / 1e9
@@ -200,13 +215,23 @@ class Worker:
     def _write_results(
         self, item: Item, ds: Dataset, result: dict[str, Any], cam: np.ndarray | None
     ) -> list[str]:
-        files = [str(results.write_sr(ds, result, self.scorer.info, self._out(item, "sr")))]
+        """Build the instance's results in ``staging/``, then move them all into the outbox."""
+        kinds = ["sr"]
+        results.write_sr(ds, result, self.scorer.info, self._staged(item, "sr"))
         if cam is not None:
             rgb = adapter.overlay(item.path, cam, self.scorer.info["preprocess"])
-            files.append(
-                str(results.build_sc(ds, rgb, result, self.scorer.info, self._out(item, "sc")))
-            )
-        return files
+            results.build_sc(ds, rgb, result, self.scorer.info, self._staged(item, "sc"))
+            kinds.append("sc")
+        for kind in kinds:  # every file is complete: only now does the sender see them
+            os.replace(self._staged(item, kind), self._out(item, kind))
+        return [str(self._out(item, kind)) for kind in kinds]
+
+    def _discard_staged(self, item: Item) -> None:
+        for kind in ("sr", "sc"):
+            self._staged(item, kind).unlink(missing_ok=True)
+
+    def _staged(self, item: Item, kind: str) -> Path:
+        return self.staging / f"{item.key}.{kind}.dcm"
 
     def _out(self, item: Item, kind: str) -> Path:
         return self.outbox / f"{item.key}.{kind}.dcm"
