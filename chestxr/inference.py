@@ -139,6 +139,7 @@ def predict_files(
     secondary_capture: bool = False,
     include_paths: bool = False,
     id_key: str = "",
+    precision: str | None = "32-true",
 ) -> dict[str, Any]:
     """Predict unlabelled scans; write ``predictions.csv``, ``unreadable.csv`` and CAM overlays.
 
@@ -159,6 +160,9 @@ def predict_files(
         secondary_capture: with ``cams``, also a DICOM Secondary Capture per DICOM source.
         include_paths: add a ``file`` column with the path (opt-in: it can identify a patient).
         id_key: secret for the pseudonyms (HMAC); without it they are plain SHA-256 prefixes.
+        precision: forward-pass precision; fp32 by default, as evaluation and the DICOM node,
+            so a scan near the threshold gets the same decision everywhere; None picks the
+            device's fastest.
 
     Returns:
         ``predicted``, ``unreadable`` (counts), ``out_dir``.
@@ -178,7 +182,7 @@ def predict_files(
     scan_id = functools.partial(_scan_id, key=id_key)
     rows: list[list[Any]] = []
     bad = [(str(p), r) for p, r in unreadable]
-    for batch, images, logits in infer_batches(model, loader):
+    for batch, images, logits in infer_batches(model, loader, precision=precision):
         bad += batch[FAILED]
         paths = batch[keys.PATH]
         if not paths:
