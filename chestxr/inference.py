@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from chestxr import keys
 from chestxr.io import RadiographReadError, read_header
 from chestxr.models.module import ChestXRClassifier
+from chestxr.utils import ids as _ids
 from chestxr.utils.checkpoints import refused_message
 from chestxr.utils.files import atomic_write_csv
 from chestxr.utils.hardware import autocast, best_precision, inference_device
@@ -179,7 +180,7 @@ def predict_files(
         num_workers=num_workers,
         collate_fn=collate_safe,
     )
-    scan_id = functools.partial(_scan_id, key=id_key)
+    scan_id = functools.partial(_ids.scan_id, key=id_key)
     rows: list[list[Any]] = []
     bad = [(str(p), r) for p, r in unreadable]
     for batch, images, logits in infer_batches(model, loader, precision=precision):
@@ -231,10 +232,6 @@ def predict_files(
         len(bad),
     )
     return {"predicted": len(rows), "unreadable": len(bad), "out_dir": str(out_dir)}
-
-
-def _scan_id(path: str | os.PathLike[str], *, key: str) -> str:
-    return anonymous_id(os.path.abspath(path), prefix="scan", key=key)
 
 
 def _study_id(path: str, key: str) -> str:

@@ -36,7 +36,7 @@ from chestxr.io import read_header
 from chestxr.io.binning import bin_factor
 from chestxr.models.module import ChestXRClassifier
 from chestxr.utils.files import atomic_write_bytes, atomic_write_json
-from chestxr.utils.ids import anonymous_id
+from chestxr.utils.ids import scan_id
 
 log = logging.getLogger(__name__)
 DISPLAY = "display"  # sample key: the read image reduced for display, (h, w) float32 in [0, 1]
@@ -175,6 +175,7 @@ def report_model(
     entries: list[ReportEntry] = []
     quality = int(cfg.get("jpeg_quality", 85))
     thumb_side = int(cfg.get("thumbnail_side", 128))
+    id_key = str(cfg["id_key"])  # the same ids as predict's for the same files and key
     for batch in loader:
         images = torch.stack([torch.as_tensor(b[keys.IMAGE]) for b in batch]).to(device)
         pred = predict_dataset(
@@ -186,7 +187,7 @@ def report_model(
         maps = cam_maps(model, images, methods=methods, target_layer=layer)
         decisions = pred["prob"] >= cut
         for j, b in enumerate(batch):
-            sid = anonymous_id(str(b[keys.PATH]), prefix="scan")
+            sid = scan_id(b[keys.PATH], key=id_key)
             read_shape = tuple(int(v) for v in b[keys.ORIG_SHAPE])
             geo = geometry(read_shape, pre["image_size"], pre.get("resize", "pad"))
             boxes = _boxes(
