@@ -209,7 +209,7 @@ def predict_files(
                 int(v >= t) for v, t in zip(p, thresholds, strict=True)
             ]
             if cams and secondary_capture:
-                row.append(outcome if include_paths else _redact(outcome, path, scan_id(path)))
+                row.append(outcome if include_paths else _ids.redact(outcome, path, scan_id(path)))
             rows.append(row)
     names = model.output_names
     header = ["scan_id", "study_id"] + (["file"] if include_paths else [])
@@ -217,7 +217,7 @@ def predict_files(
     header += ["secondary_capture"] if cams and secondary_capture else []
     atomic_write_csv(out_dir / "predictions.csv", header, rows)
     bad_rows = [
-        [scan_id(p), p, r] if include_paths else [scan_id(p), _redact(r, p, scan_id(p))]
+        [scan_id(p), p, r] if include_paths else [scan_id(p), _ids.redact(r, p, scan_id(p))]
         for p, r in bad
     ]
     bad_header = ["scan_id", "file", "reason"] if include_paths else ["scan_id", "reason"]
@@ -241,12 +241,3 @@ def _study_id(path: str, key: str) -> str:
     except RadiographReadError:
         uid = None
     return anonymous_id(uid or os.path.abspath(path), prefix="study", key=key)
-
-
-def _redact(text: str, path: str | os.PathLike[str], name: str) -> str:
-    """``text`` with the path (as given, absolute, real) and its file name replaced by ``name``."""
-    path = str(path)
-    forms = {path, os.path.abspath(path), os.path.realpath(path), os.path.basename(path)}
-    for form in sorted((f for f in forms if f), key=len, reverse=True):
-        text = text.replace(form, name)
-    return text

@@ -35,6 +35,15 @@ def scan_id(path: str | os.PathLike[str], key: bytes | str = b"") -> str:
     return anonymous_id(os.path.abspath(path), prefix="scan", key=key)
 
 
+def redact(text: str, path: str | os.PathLike[str], name: str) -> str:
+    """``text`` with the path (as given, absolute, real) and its file name replaced by ``name``."""
+    path = str(path)
+    forms = {path, os.path.abspath(path), os.path.realpath(path), os.path.basename(path)}
+    for form in sorted((f for f in forms if f), key=len, reverse=True):
+        text = text.replace(form, name)
+    return text
+
+
 def find_cause(err: BaseException, kind: type[BaseException]) -> BaseException | None:
     """The first exception of type ``kind`` in ``err``'s chain (``__cause__``, else
     ``__context__``), ``err`` itself included; None when there is none."""
