@@ -156,7 +156,7 @@ def report_model(
     if n == 0:
         raise ValueError(f"the {split!r} split is empty: nothing to report")
     chain = dm.preprocessing_transforms()
-    chain.insert(1, KeepDisplayd(int(cfg.get("display_side", 512))))
+    chain.insert(1, KeepDisplayd(int(cfg["display_side"])))
     items = _Mapped(make_items(manifest, rows[:n]), Compose(chain))  # one read per scan
     bs = int(cfg["batch_size"])
     loader = DataLoader(items, batch_size=bs, num_workers=dm.num_workers, collate_fn=_collate)
@@ -169,12 +169,12 @@ def report_model(
     }
     n_faith = int(cfg["faithfulness_scans"])
     faith_images: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(names))}
-    sample = cfg.get("sample_correct", 100)
-    reservoir = _Reservoir(None if sample is None else int(sample), seed=int(cfg.get("seed", 0)))
+    sample = cfg["sample_correct"]
+    reservoir = _Reservoir(None if sample is None else int(sample), seed=int(cfg["seed"]))
     errors: list[dict[str, Any]] = []
     entries: list[ReportEntry] = []
-    quality = int(cfg.get("jpeg_quality", 85))
-    thumb_side = int(cfg.get("thumbnail_side", 128))
+    quality = int(cfg["jpeg_quality"])
+    thumb_side = int(cfg["thumbnail_side"])
     id_key = str(cfg["id_key"])  # the same ids as predict's for the same files and key
     for batch in loader:
         images = torch.stack([torch.as_tensor(b[keys.IMAGE]) for b in batch]).to(device)
