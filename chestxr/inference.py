@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from chestxr import keys
 from chestxr.io import RadiographReadError, read_header
 from chestxr.models.module import ChestXRClassifier
+from chestxr.utils import ids as _ids
 from chestxr.utils.checkpoints import refused_message
 from chestxr.utils.files import atomic_write_csv
 from chestxr.utils.hardware import autocast, best_precision, inference_device
@@ -139,6 +140,7 @@ def predict_files(
     secondary_capture: bool = False,
     include_paths: bool = False,
     id_key: str = "",
+    precision: str | None = "32-true",
 ) -> dict[str, Any]:
     """Predict unlabelled scans; write ``predictions.csv``, ``unreadable.csv`` and CAM overlays.
 
@@ -159,6 +161,9 @@ def predict_files(
         secondary_capture: with ``cams``, also a DICOM Secondary Capture per DICOM source.
         include_paths: add a ``file`` column with the path (opt-in: it can identify a patient).
         id_key: secret for the pseudonyms (HMAC); without it they are plain SHA-256 prefixes.
+        precision: forward-pass precision; fp32 by default, as evaluation and the DICOM node,
+            so a scan near the threshold gets the same decision everywhere; None picks the
+            device's fastest.
 
     Returns:
         ``predicted``, ``unreadable`` (counts), ``out_dir``.
@@ -175,10 +180,10 @@ def predict_files(
         num_workers=num_workers,
         collate_fn=collate_safe,
     )
-    scan_id = functools.partial(_scan_id, key=id_key)
+    scan_id = functools.partial(_ids.scan_id, key=id_key)
     rows: list[list[Any]] = []
     bad = [(str(p), r) for p, r in unreadable]
-    for batch, images, logits in infer_batches(model, loader):
+    for batch, images, logits in infer_batches(model, loader, precision=precision):
         bad += batch[FAILED]
         paths = batch[keys.PATH]
         if not paths:
@@ -204,7 +209,7 @@ def predict_files(
                 int(v >= t) for v, t in zip(p, thresholds, strict=True)
             ]
             if cams and secondary_capture:
-                row.append(outcome if include_paths else _redact(outcome, path, scan_id(path)))
+                row.append(outcome if include_paths else _ids.redact(outcome, path, scan_id(path)))
             rows.append(row)
     names = model.output_names
     header = ["scan_id", "study_id"] + (["file"] if include_paths else [])
@@ -212,7 +217,7 @@ def predict_files(
     header += ["secondary_capture"] if cams and secondary_capture else []
     atomic_write_csv(out_dir / "predictions.csv", header, rows)
     bad_rows = [
-        [scan_id(p), p, r] if include_paths else [scan_id(p), _redact(r, p, scan_id(p))]
+        [scan_id(p), p, r] if include_paths else [scan_id(p), _ids.redact(r, p, scan_id(p))]
         for p, r in bad
     ]
     bad_header = ["scan_id", "file", "reason"] if include_paths else ["scan_id", "reason"]
@@ -229,10 +234,6 @@ def predict_files(
     return {"predicted": len(rows), "unreadable": len(bad), "out_dir": str(out_dir)}
 
 
-def _scan_id(path: str | os.PathLike[str], *, key: str) -> str:
-    return anonymous_id(os.path.abspath(path), prefix="scan", key=key)
-
-
 def _study_id(path: str, key: str) -> str:
     """Anonymous study id: of the DICOM StudyInstanceUID, else of the path (one scan, one study)."""
     try:
@@ -240,12 +241,3 @@ def _study_id(path: str, key: str) -> str:
     except RadiographReadError:
         uid = None
     return anonymous_id(uid or os.path.abspath(path), prefix="study", key=key)
-
-
-def _redact(text: str, path: str | os.PathLike[str], name: str) -> str:
-    """``text`` with the path (as given, absolute, real) and its file name replaced by ``name``."""
-    path = str(path)
-    forms = {path, os.path.abspath(path), os.path.realpath(path), os.path.basename(path)}
-    for form in sorted((f for f in forms if f), key=len, reverse=True):
-        text = text.replace(form, name)
-    return text

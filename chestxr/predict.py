@@ -41,6 +41,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         secondary_capture=cfg.secondary_capture,
         include_paths=cfg.include_paths,
         id_key=cfg.id_key,
+        precision=cfg.precision,
     )
 
 

@@ -30,7 +30,11 @@ def pretrain(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         The backbone checkpoint's path, and the objects built (datamodule, model, trainer).
     """
     out_dir = Path(cfg.paths.output_dir)
-    if not cfg.get("ckpt_path"):
+    if cfg.get("ckpt_path"):  # resume only into the checkpoint's own run folder or a new one
+        from chestxr.training import check_resume_target
+
+        check_resume_target(cfg.ckpt_path, out_dir)
+    else:
         ensure_fresh_run_dir(out_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -45,7 +49,7 @@ def pretrain(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     rows = datamodule.rows("train")
     m = datamodule.load()
     log.info("pretraining on %d scans of %s (%s)", len(rows), m.source, precision)
-    trainer.fit(model, train_dataloaders=loader, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, train_dataloaders=loader, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     loss = trainer.callback_metrics.get("train/loss_epoch")
     info = {
         "data": {

@@ -112,3 +112,16 @@ def test_bad_settings_named() -> None:
         BatchAugment(prob=1.5)
     with pytest.raises(ValueError, match="contrast_gamma"):
         BatchAugment(contrast_gamma=(1.2, 0.8))
+
+
+def test_class_defaults_are_the_config_defaults():
+    """One set of defaults: ``BatchAugment()`` augments as ``conf/data/base.yaml`` says."""
+    import inspect
+
+    config = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf/data/base.yaml").augment)
+    params = inspect.signature(BatchAugment).parameters
+    defaults = {k: p.default for k, p in params.items() if k != "image_size"}
+    assert set(defaults) == set(config)
+    for key, value in config.items():
+        got = list(defaults[key]) if isinstance(value, list) else defaults[key]
+        assert got == value, key

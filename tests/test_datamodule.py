@@ -91,8 +91,13 @@ def test_unreadable_file_raises_naming_it(tmp_path):
     assert any(isinstance(e, RadiographReadError) and "im" in str(e) for e in chain)
 
 
-def test_skip_policy_lists_skipped_files_and_excludes_them(tmp_path):
-    dm = module(make_set(tmp_path, broken=1), tmp_path, on_error="skip", max_skip_fraction=0.1)
+@pytest.mark.parametrize("cache", ["disk", "memory", "none"])
+def test_skip_policy_lists_skipped_files_and_excludes_them(tmp_path, cache):
+    """Whatever the cache: the check itself must not crash on the corrupt file (a memory cache
+    decodes every file when it is built)."""
+    dm = module(
+        make_set(tmp_path, broken=1), tmp_path, on_error="skip", max_skip_fraction=0.1, cache=cache
+    )
     dm.load()
     rows = np.concatenate([dm.rows(s) for s in ("train", "val", "test")])
     assert len(rows) == 19 and 0 not in rows

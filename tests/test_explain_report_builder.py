@@ -89,3 +89,26 @@ def test_unknown_method_is_refused_before_reading(setup):
     with pytest.raises(ValueError, match="'lime'"):
         _report(setup, "bad", methods=["gradcam", "lime"])
     assert not (setup["tmp"] / "bad").exists()
+
+
+def test_report_names_scans_as_predict_does(setup, tmp_path, monkeypatch):
+    """The same file and ``id_key`` give the same scan id in the report and in predict's CSV,
+    however the path is spelled (a reader can match the two)."""
+    import csv
+    import os
+
+    from chestxr import keys
+    from chestxr.data.datamodule import make_items
+    from chestxr.inference import predict_files
+
+    _report(setup, "keyed", max_scans=3, methods=["gradcam"], id_key="secret")
+    html = (setup["tmp"] / "keyed" / "report.html").read_text()
+    in_report = set(re.findall(r"scan-[0-9a-f]{10}", html))
+    dm = setup["dm"]
+    items = make_items(dm.load(), dm.rows("test")[:3])
+    monkeypatch.chdir(tmp_path)
+    files = [os.path.relpath(item[keys.PATH]) for item in items]  # another spelling, same file
+    predict_files(setup["model"], files, tmp_path, id_key="secret")
+    with (tmp_path / "predictions.csv").open() as f:
+        in_predict = {row["scan_id"] for row in csv.DictReader(f)}
+    assert len(in_predict) == 3 and in_report == in_predict

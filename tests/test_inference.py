@@ -87,3 +87,45 @@ def test_metrics_are_computed_in_fp32_whatever_the_cpu(monkeypatch):
     assert got == pytest.approx(expected, abs=1e-5)
     bf16 = predict_dataset(model, data, batch_size=3, precision=None)["logit"]
     assert bf16 != pytest.approx(expected, abs=1e-5)  # the other path really is bf16
+
+
+def test_predict_runs_in_fp32_whatever_the_cpu(tmp_path, monkeypatch):
+    """predict decides as evaluate and the DICOM node do: in fp32 even where the device's fastest
+    precision is bf16 (a scan near the threshold must not be POSITIVE in one, negative in the
+    other)."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from chestxr import keys
+    from chestxr.data.inputs import SafeDataset
+    from chestxr.inference import predict_files
+    from chestxr.models.module import ChestXRClassifier
+
+    monkeypatch.setattr("chestxr.inference.best_precision", lambda *_: "bf16-mixed")
+    torch.manual_seed(0)
+    model = ChestXRClassifier(
+        task="binary",
+        classes=["a", "b"],
+        preprocess={"image_size": 32},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True},
+        channels_last=False,
+    ).eval()
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"im{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(files[-1])
+    images = torch.stack([s[keys.IMAGE] for s in SafeDataset(files, {"image_size": 32})])
+    with torch.no_grad():
+        expected = torch.sigmoid(model(images).float()).numpy()[:, 0]
+
+    def probs(out, **options):
+        out.mkdir()
+        predict_files(model, files, out, batch_size=2, **options)
+        with (out / "predictions.csv").open() as f:
+            return np.asarray([float(r["prob_b"]) for r in csv.DictReader(f)])
+
+    assert probs(tmp_path / "fp32") == pytest.approx(expected, abs=2e-6)
+    assert probs(tmp_path / "bf16", precision=None) != pytest.approx(expected, abs=2e-6)

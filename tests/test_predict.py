@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import sys
 from pathlib import Path
 
@@ -178,3 +179,23 @@ def test_exit_status_all_read_and_none_read(ckpt, tmp_path, monkeypatch):
     assert len(read_csv(tmp_path / "out0" / "predictions.csv")) == 2
     assert read_csv(tmp_path / "out1" / "predictions.csv") == []
     assert len(read_csv(tmp_path / "out1" / "unreadable.csv")) == 1
+
+
+def test_secondary_capture_failure_is_logged_without_the_path(ckpt, tmp_path, caplog):
+    """A DICOM the Secondary Capture writer cannot reference (no StudyInstanceUID): its reason
+    quotes the path, and the log line gets the scan id in its place, as unreadable.csv does."""
+    from chestxr.inference import load_model, predict_files
+
+    source = dicom(tmp_path / f"{FILE_STEM}.dcm", 4)
+    ds = pydicom.dcmread(source)
+    del ds.StudyInstanceUID
+    ds.save_as(source)
+    out = tmp_path / "pred"
+    out.mkdir()
+    model = load_model(ckpt, device=torch.device("cpu"))
+    with caplog.at_level(logging.WARNING):
+        predict_files(model, [source], out, cams=True, secondary_capture=True)
+    [row] = read_csv(out / "predictions.csv")
+    assert "lacks StudyInstanceUID" in row["secondary_capture"], row
+    logged = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
+    assert logged and all(FILE_STEM not in m and row["scan_id"] in m for m in logged), logged

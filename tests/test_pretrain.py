@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -318,3 +319,18 @@ def test_ssl_experiments_start_where_pretraining_writes(tmp_path, experiment):
         assert cfg.model.finetune.strategy == ("linear_probe" if variant == "ssl_probe" else "full")
     # pretraining sees these scans as fine-tuning does
     assert pre.data.preprocess.image_size == base.data.preprocess.image_size
+
+
+def test_resume_refuses_another_runs_folder(tmp_path):
+    """``ckpt_path=`` of one run into a folder holding another run's outputs is refused before
+    anything is read or written, as chestxr.train refuses it."""
+    from chestxr.pretrain import pretrain
+
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}}, ckpt)
+    cfg = compose_config("pretrain", tmp_path / "second", [*TINY_PRETRAIN, f"ckpt_path={ckpt}"])
+    (Path(cfg.paths.output_dir) / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="belongs to another run"):
+        pretrain(cfg)
+    assert not list((Path(cfg.paths.output_dir) / "checkpoints").iterdir())

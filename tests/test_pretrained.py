@@ -329,3 +329,43 @@ def test_checkpoint_errors(tmp_path):
     _lightning_checkpoint(three, build_resnet18(2, in_channels=3))
     with pytest.raises(ValueError, match=r"conv1\.weight \(64, 3, 7, 7\) vs \(64, 1, 7, 7\)"):
         init_from_checkpoint(build_resnet18(2), three, num_outputs=2)
+
+
+def _backbone_checkpoint(path: Path, *, mean: float, image_size: int) -> Path:
+    from chestxr.models.ssl import SimCLRPretraining, write_backbone_checkpoint
+
+    module = SimCLRPretraining(
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True},
+        preprocess={"image_size": image_size, "resize": "pad", "voi": "header"},
+        normalization={"mean": mean, "std": 0.25},
+        channels_last=False,
+    )
+    return write_backbone_checkpoint(module, path, {"steps": 0})
+
+
+def _classifier(ckpt: Path, *, mean: float = 0.5, image_size: int = 32):
+    from chestxr.models.module import ChestXRClassifier
+
+    return ChestXRClassifier(
+        task="binary",
+        classes=["a", "b"],
+        preprocess={"image_size": image_size, "resize": "pad", "voi": "header"},
+        normalization={"mean": mean, "std": 0.25},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True},
+        init_checkpoint=str(ckpt),
+        channels_last=False,
+    )
+
+
+def test_pretrained_backbone_normalisation_must_match(tmp_path, caplog):
+    """A backbone pretrained on differently normalised images is refused, naming both; one
+    pretrained at another image size loads with a warning."""
+    ckpt = _backbone_checkpoint(tmp_path / "backbone.ckpt", mean=0.4, image_size=32)
+    with pytest.raises(ValueError, match="pretrained on images normalised") as info:
+        _classifier(ckpt, mean=0.5)
+    assert "0.4" in str(info.value) and "0.5" in str(info.value)
+    assert _classifier(ckpt, mean=0.4).hparams.init_source["kind"] == "chestxr_checkpoint"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    with caplog.at_level(logging.WARNING, logger="chestxr.models.pretrained"):
+        _classifier(ckpt, mean=0.4, image_size=64)
+    assert any("image_size=32" in r.getMessage() for r in caplog.records), caplog.text

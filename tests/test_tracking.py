@@ -104,8 +104,7 @@ def test_optuna_sweep_runs_two_trials(tmp_path):
         "hydra.sweeper.sampler.n_startup_trials=2",
         f"hydra.sweep.dir={sweep}",
         f"paths.cache_dir={tmp_path / 'cache'}",
-        "test=false",
-        *TINY,
+        *TINY,  # no test=false: the search config itself keeps trials off the test split
     ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -116,7 +115,9 @@ def test_optuna_sweep_runs_two_trials(tmp_path):
     lrs = []
     for trial in trials:
         with open(trial / "logs" / "metrics.csv", newline="") as f:
-            aucs = [float(r["val/auc"]) for r in csv.DictReader(f) if r.get("val/auc")]
+            rows = list(csv.DictReader(f))
+        aucs = [float(r["val/auc"]) for r in rows if r.get("val/auc")]
+        assert not [k for k in rows[0] if k.startswith("test/")], trial  # test split untouched
         best_per_trial.append(max(aucs))
         overrides = yaml.safe_load((trial / ".hydra" / "overrides.yaml").read_text())
         lrs += [float(o.split("=", 1)[1]) for o in overrides if o.startswith("model.optimizer.lr=")]

@@ -48,7 +48,7 @@ class BatchAugment(torch.nn.Module):
     def __init__(
         self,
         *,
-        prob: float = 0.8,
+        prob: float = 0.5,
         rotate_degrees: float = 7.0,
         scale: float = 0.1,
         translate: float = 0.05,

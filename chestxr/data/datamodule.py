@@ -265,7 +265,11 @@ class RadiographDataModule(L.LightningDataModule):
         Raises:
             RuntimeError: more than ``max_skip_fraction`` of the files are unreadable.
         """
-        checked = _Checked(self._wrap(make_items(m), compose(self.preprocessing_transforms())))
+        items, transform = make_items(m), compose(self.preprocessing_transforms())
+        # a memory cache decodes every file when it is built, and would crash on the first bad
+        # one: the check reads through a plain dataset (the disk cache keeps what it decodes)
+        plain = self.cache == "memory"
+        checked = _Checked(Dataset(items, transform) if plain else self._wrap(items, transform))
         loader = DataLoader(checked, batch_size=64, num_workers=self.num_workers, collate_fn=list)
         failures = [(i, reason) for batch in loader for i, reason in batch if reason]
         readable = np.ones(len(m), dtype=bool)

@@ -36,7 +36,7 @@ from chestxr.io import read_header
 from chestxr.io.binning import bin_factor
 from chestxr.models.module import ChestXRClassifier
 from chestxr.utils.files import atomic_write_bytes, atomic_write_json
-from chestxr.utils.ids import anonymous_id
+from chestxr.utils.ids import scan_id
 
 log = logging.getLogger(__name__)
 DISPLAY = "display"  # sample key: the read image reduced for display, (h, w) float32 in [0, 1]
@@ -156,7 +156,7 @@ def report_model(
     if n == 0:
         raise ValueError(f"the {split!r} split is empty: nothing to report")
     chain = dm.preprocessing_transforms()
-    chain.insert(1, KeepDisplayd(int(cfg.get("display_side", 512))))
+    chain.insert(1, KeepDisplayd(int(cfg["display_side"])))
     items = _Mapped(make_items(manifest, rows[:n]), Compose(chain))  # one read per scan
     bs = int(cfg["batch_size"])
     loader = DataLoader(items, batch_size=bs, num_workers=dm.num_workers, collate_fn=_collate)
@@ -169,12 +169,13 @@ def report_model(
     }
     n_faith = int(cfg["faithfulness_scans"])
     faith_images: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(names))}
-    sample = cfg.get("sample_correct", 100)
-    reservoir = _Reservoir(None if sample is None else int(sample), seed=int(cfg.get("seed", 0)))
+    sample = cfg["sample_correct"]
+    reservoir = _Reservoir(None if sample is None else int(sample), seed=int(cfg["seed"]))
     errors: list[dict[str, Any]] = []
     entries: list[ReportEntry] = []
-    quality = int(cfg.get("jpeg_quality", 85))
-    thumb_side = int(cfg.get("thumbnail_side", 128))
+    quality = int(cfg["jpeg_quality"])
+    thumb_side = int(cfg["thumbnail_side"])
+    id_key = str(cfg["id_key"])  # the same ids as predict's for the same files and key
     for batch in loader:
         images = torch.stack([torch.as_tensor(b[keys.IMAGE]) for b in batch]).to(device)
         pred = predict_dataset(
@@ -186,7 +187,7 @@ def report_model(
         maps = cam_maps(model, images, methods=methods, target_layer=layer)
         decisions = pred["prob"] >= cut
         for j, b in enumerate(batch):
-            sid = anonymous_id(str(b[keys.PATH]), prefix="scan")
+            sid = scan_id(b[keys.PATH], key=id_key)
             read_shape = tuple(int(v) for v in b[keys.ORIG_SHAPE])
             geo = geometry(read_shape, pre["image_size"], pre.get("resize", "pad"))
             boxes = _boxes(

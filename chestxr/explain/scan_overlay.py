@@ -13,6 +13,7 @@ from chestxr.explain.cam import top_finding_cams
 from chestxr.explain.overlay import blend_overlay, cam_to_original, overlay_figure
 from chestxr.explain.secondary_capture import write_secondary_capture
 from chestxr.io import RadiographReadError, read_header, read_radiograph
+from chestxr.utils.ids import redact
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,16 @@ def write_scan_overlays(
         title = f"{name}: Grad-CAM of {model.output_names[int(index)]}"
         overlay_figure(image, full, out_dir / f"{name}.png", title=title)
         outcomes.append(
-            _secondary_capture(image, full, path, out_dir / f"{name}_sc.dcm")
+            _secondary_capture(image, full, path, name, out_dir / f"{name}_sc.dcm")
             if secondary_capture
             else ""
         )
     return outcomes
 
 
-def _secondary_capture(image: np.ndarray, cam: np.ndarray, path: str, out: Path) -> str:
-    """Write one Secondary Capture; returns its name or why it was not written."""
+def _secondary_capture(image: np.ndarray, cam: np.ndarray, path: str, name: str, out: Path) -> str:
+    """Write one Secondary Capture; returns its name or why it was not written (the log names the
+    scan ``name`` only: the path is redacted from the reason)."""
     try:
         if read_header(path).get("format") != "dicom":
             return "not written: the source is not a DICOM file"
@@ -77,6 +79,6 @@ def _secondary_capture(image: np.ndarray, cam: np.ndarray, path: str, out: Path)
         reason = (
             err.reason if isinstance(err, RadiographReadError) else f"{type(err).__name__}: {err}"
         )
-        log.warning("Secondary Capture %s not written: %s", out.name, reason)
+        log.warning("Secondary Capture %s not written: %s", out.name, redact(reason, path, name))
         return f"not written: {reason}"
     return out.name

@@ -166,7 +166,13 @@ class ChestXRClassifier(L.LightningModule):
         elif init_checkpoint:
             from chestxr.models.pretrained import init_from_checkpoint
 
-            record = init_from_checkpoint(self.net, init_checkpoint, num_outputs=k)["source"]
+            record = init_from_checkpoint(
+                self.net,
+                init_checkpoint,
+                num_outputs=k,
+                normalization={"mean": float(self.mean), "std": float(self.std)},
+                preprocess=dict(self.hparams.preprocess),
+            )["source"]
         else:
             return
         self.hparams["init_source"] = record

@@ -334,6 +334,8 @@ def init_from_checkpoint(
     ckpt_path: str | Path,
     *,
     num_outputs: int,
+    normalization: Mapping[str, float] | None = None,
+    preprocess: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
     """Copy the network of a chestxr Lightning checkpoint into ``net``, in place.
 
@@ -345,6 +347,10 @@ def init_from_checkpoint(
         net: the network to initialise.
         ckpt_path: a ``.ckpt`` written by Lightning from a chestxr module.
         num_outputs: the network's output count, checked against ``net.fc``.
+        normalization: the classifier's ``mean``/``std``; a pretrained backbone's recorded
+            normalisation must equal it (its features were learnt on images so normalised).
+        preprocess: the classifier's preprocessing; a difference from a pretrained backbone's
+            recorded ``image_size``, ``voi`` or ``resize`` is logged as a warning.
 
     Returns:
         ``{"adapted": [], "dropped": [keys], "loaded": number of tensors written, "source":
@@ -352,7 +358,8 @@ def init_from_checkpoint(
 
     Raises:
         FileNotFoundError: no file at ``ckpt_path``.
-        ValueError: not a Lightning checkpoint, no ``net.`` keys, or keys do not match (listed).
+        ValueError: not a Lightning checkpoint, no ``net.`` keys, keys do not match (listed), or
+            a pretrained backbone's normalisation differs from ``normalization``.
     """
     _check_outputs(net, num_outputs)
     path = Path(ckpt_path)
@@ -361,6 +368,9 @@ def init_from_checkpoint(
     ckpt, digest = read_state_file(path)
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' mapping)")
+    record = ckpt.get("chestxr")
+    if isinstance(record, Mapping) and record.get("kind") == "pretrained_backbone":
+        _check_pretraining_match(path, record, normalization, preprocess)
     full = ckpt["state_dict"]
     source = {
         k[len(CHECKPOINT_PREFIX) :]: v for k, v in full.items() if k.startswith(CHECKPOINT_PREFIX)
@@ -373,6 +383,40 @@ def init_from_checkpoint(
     report = _load_strict(net, source, adapted={}, origin=f"checkpoint {path.name}")
     report["source"] = {"kind": "chestxr_checkpoint", "path": str(path), "sha256": digest}
     return report
+
+
+PREPROCESS_COMPARED = ("image_size", "voi", "resize")
+
+
+def _check_pretraining_match(
+    path: Path,
+    record: Mapping[str, object],
+    normalization: Mapping[str, float] | None,
+    preprocess: Mapping[str, object] | None,
+) -> None:
+    """A pretrained backbone fits the classifier: same normalisation (else ValueError), and
+    a warning for each preprocessing setting that differs."""
+    recorded = record.get("normalization")
+    if normalization is not None and isinstance(recorded, Mapping):
+        mine = {k: float(normalization[k]) for k in ("mean", "std")}
+        theirs = {k: float(recorded[k]) for k in ("mean", "std")}
+        if any(not math.isclose(mine[k], theirs[k], rel_tol=1e-6) for k in mine):
+            raise ValueError(
+                f"{path} was pretrained on images normalised with {theirs}, but the classifier "
+                f"normalises with {mine}: set model.normalization to the pretraining's"
+            )
+    recorded_pre = record.get("preprocess")
+    if preprocess is not None and isinstance(recorded_pre, Mapping):
+        for key in PREPROCESS_COMPARED:
+            if key in recorded_pre and key in preprocess and recorded_pre[key] != preprocess[key]:
+                logger.warning(
+                    "%s was pretrained with preprocess.%s=%r, the classifier uses %r: its "
+                    "features may transfer less well",
+                    path,
+                    key,
+                    recorded_pre[key],
+                    preprocess[key],
+                )
 
 
 def _check_outputs(net: nn.Module, num_outputs: int) -> None:

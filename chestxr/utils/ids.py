@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 
 
 def anonymous_id(value: str, *, prefix: str, key: bytes | str = b"") -> str:
@@ -21,6 +22,26 @@ def anonymous_id(value: str, *, prefix: str, key: bytes | str = b"") -> str:
     else:
         digest = hashlib.sha256(value.encode()).hexdigest()
     return f"{prefix}-{digest[:10]}"
+
+
+def scan_id(path: str | os.PathLike[str], key: bytes | str = b"") -> str:
+    """The anonymous id of a scan file, the same in every output (predict, the report...).
+
+    Args:
+        path: the file; its absolute path is hashed, so a relative and an absolute spelling of
+            the same file get the same id.
+        key: the secret (``id_key``), as for :func:`anonymous_id`.
+    """
+    return anonymous_id(os.path.abspath(path), prefix="scan", key=key)
+
+
+def redact(text: str, path: str | os.PathLike[str], name: str) -> str:
+    """``text`` with the path (as given, absolute, real) and its file name replaced by ``name``."""
+    path = str(path)
+    forms = {path, os.path.abspath(path), os.path.realpath(path), os.path.basename(path)}
+    for form in sorted((f for f in forms if f), key=len, reverse=True):
+        text = text.replace(form, name)
+    return text
 
 
 def find_cause(err: BaseException, kind: type[BaseException]) -> BaseException | None:
