@@ -24,7 +24,7 @@ from chestxr import __version__
 from chestxr.data.manifest import Manifest
 from chestxr.evaluation.run import validate_evaluation_config
 from chestxr.models.checkpoint_io import save_checkpoint_file
-from chestxr.utils.checkpoints import safe_torch_load
+from chestxr.utils.checkpoints import load_tensors_only
 from chestxr.utils.files import RUN_MARKERS, ensure_fresh_run_dir
 from chestxr.utils.hardware import resolve_precision
 from chestxr.utils.instantiate import check_types, instantiate_group
@@ -144,7 +144,7 @@ def check_resume_target(ckpt_path: str | Path, out_dir: Path) -> dict[str, Any]:
                 "(hydra.run.dir) or a new one"
             )
         out_dir.mkdir(parents=True, exist_ok=True)
-    state = safe_torch_load(ckpt)
+    state = load_tensors_only(ckpt)
     return dict(state.get("hyper_parameters") or {})
 
 
@@ -200,7 +200,7 @@ def finish(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, out_dir: Path) 
     model = load_model(best)
     fit_thresholds(model, datamodule, cfg.evaluation.get("batch_size", 64))
     final = out_dir / "checkpoints" / "model.ckpt"
-    ckpt = safe_torch_load(best)
+    ckpt = load_tensors_only(best)
     ckpt["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
     ckpt["chestxr"] = run_summary(cfg, trainer, datamodule, model)
     save_checkpoint_file(ckpt, final)

@@ -35,13 +35,13 @@ def load(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         ValueError: not a chestxr checkpoint.
     """
     from chestxr.inference import load_model
-    from chestxr.utils.checkpoints import safe_torch_load
+    from chestxr.utils.checkpoints import load_tensors_only
 
     model = load_model(ckpt_path)
     thresholds = model.thresholds.detach().cpu().numpy().astype(float)
     no_op = bool(np.isnan(thresholds).any())
     data = Path(ckpt_path).expanduser().read_bytes()
-    summary = safe_torch_load(io.BytesIO(data)).get("chestxr") or {}
+    summary = load_tensors_only(io.BytesIO(data)).get("chestxr") or {}
     config_hash, source = summary.get("config_hash"), "run"
     if not config_hash:
         hparams = json.dumps(dict(model.hparams), sort_keys=True, default=str)

@@ -18,7 +18,7 @@ def refused_message(path: str | os.PathLike[str]) -> str:
     )
 
 
-def safe_torch_load(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> Any:
+def load_tensors_only(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True`` passed explicitly, so that the environment
     variable ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn it off.
 
