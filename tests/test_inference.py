@@ -54,22 +54,28 @@ def test_crafted_weights_for_fine_tuning_are_refused(tmp_path, monkeypatch, load
     assert not marker.exists()
 
 
-def test_metrics_are_computed_in_fp32_whatever_the_cpu(monkeypatch):
-    """predict_dataset (evaluation, operating points, report) runs in fp32 even where the
-    device's fastest precision is bf16: bf16 would tie close scores and move the AUC."""
-    from chestxr import keys
-    from chestxr.inference import predict_dataset
+def _model_where_bf16_is_fastest(monkeypatch):
+    """A small binary classifier, with the device's fastest precision pretending to be bf16."""
     from chestxr.models.module import ChestXRClassifier
 
     monkeypatch.setattr("chestxr.inference.best_precision", lambda *_: "bf16-mixed")
     torch.manual_seed(0)
-    model = ChestXRClassifier(
+    return ChestXRClassifier(
         task="binary",
         classes=["a", "b"],
         preprocess={"image_size": 32},
         optimizer={"_target_": "torch.optim.AdamW", "_partial_": True},
         channels_last=False,
     ).eval()
+
+
+def test_metrics_are_computed_in_fp32_whatever_the_cpu(monkeypatch):
+    """predict_dataset (evaluation, operating points, report) runs in fp32 even where the
+    device's fastest precision is bf16: bf16 would tie close scores and move the AUC."""
+    from chestxr import keys
+    from chestxr.inference import predict_dataset
+
+    model = _model_where_bf16_is_fastest(monkeypatch)
     images = torch.rand(6, 1, 32, 32)
     data = [
         {
@@ -101,17 +107,8 @@ def test_predict_runs_in_fp32_whatever_the_cpu(tmp_path, monkeypatch):
     from chestxr import keys
     from chestxr.data.inputs import SafeDataset
     from chestxr.inference import predict_files
-    from chestxr.models.module import ChestXRClassifier
 
-    monkeypatch.setattr("chestxr.inference.best_precision", lambda *_: "bf16-mixed")
-    torch.manual_seed(0)
-    model = ChestXRClassifier(
-        task="binary",
-        classes=["a", "b"],
-        preprocess={"image_size": 32},
-        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True},
-        channels_last=False,
-    ).eval()
+    model = _model_where_bf16_is_fastest(monkeypatch)
     rng = np.random.default_rng(0)
     files = []
     for i in range(4):
