@@ -82,6 +82,19 @@ def orthanc_instances(http: int) -> list[dict]:
 
 
 @pytest.mark.slow
+def results_by_source(http: int, good: list[Path]) -> list[tuple[pydicom.Dataset, list[dict]]]:
+    """Each good source with its instances in Orthanc: exactly an SR and an SC in its study."""
+    tags = orthanc_instances(http)
+    assert len(tags) == 2 * len(good)
+    out = []
+    for path in good:
+        src = pydicom.dcmread(path, stop_before_pixels=True)
+        mine = [t for t in tags if t["StudyInstanceUID"] == src.StudyInstanceUID]
+        assert sorted(t["SOPClassUID"] for t in mine) == sorted([SR_CLASS, SC_CLASS])
+        out.append((src, mine))
+    return out
+
+
 def test_storescu_to_node_to_orthanc(tmp_path: Path) -> None:
     storescu = dcmtk_storescu()
     if shutil.which("Orthanc") is None or storescu is None:
@@ -123,12 +136,7 @@ def test_storescu_to_node_to_orthanc(tmp_path: Path) -> None:
         assert refused.returncode != 0  # unknown calling AE title
         wait_for(lambda: len(rest(http, "/instances")) >= 2 * len(good), timeout=120)
         time.sleep(1.0)
-        tags = orthanc_instances(http)
-        assert len(tags) == 2 * len(good)
-        for path in good:
-            src = pydicom.dcmread(path, stop_before_pixels=True)
-            mine = [t for t in tags if t["StudyInstanceUID"] == src.StudyInstanceUID]
-            assert sorted(t["SOPClassUID"] for t in mine) == sorted([SR_CLASS, SC_CLASS])
+        for src, mine in results_by_source(http, good):
             for t in mine:
                 assert t["PatientID"] == src.PatientID
         record = node.spool.record(spool_key(pydicom.dcmread(lateral).SOPInstanceUID))
@@ -196,12 +204,7 @@ def test_storescu_sends_real_radiographs_to_node_to_orthanc(
         wait_for(lambda: len(rest(http, "/instances")) >= 2 * len(good), timeout=300)
         wait_for(lambda: node.spool.counts()["pending"] == 0, timeout=120)
         time.sleep(1.0)
-        tags = orthanc_instances(http)
-        assert len(tags) == 2 * len(good)
-        for path in good:
-            src = pydicom.dcmread(path, stop_before_pixels=True)
-            mine = [t for t in tags if t["StudyInstanceUID"] == src.StudyInstanceUID]
-            assert sorted(t["SOPClassUID"] for t in mine) == sorted([SR_CLASS, SC_CLASS])
+        for src, _ in results_by_source(http, good):
             assert node.spool.record(spool_key(src.SOPInstanceUID))["state"] == "done"
         header = node.spool.record(spool_key(pydicom.dcmread(corrupt).SOPInstanceUID))
         assert header["state"] == "failed" and "BodyPartExamined is 'HIP'" in header["reason"]
