@@ -4,7 +4,7 @@ Each scan gets a radiograph-like 512 x 420 image (smooth anatomy-like shapes plu
 a CAM blob, encoded exactly as :func:`chestxr.explain.report_builder.report_model` does (JPEG image,
 one JPEG overlay per method, a gallery thumbnail). With the default selection (every error plus
 ``sample_correct`` others) 15 % of the scans are errors. The page is opened in headless Chromium
-(``tests/chromium.py``): time to first contentful paint and to the load event, median of 3.
+(``tests/helpers/chromium.py``): time to first contentful paint and to the load event, median of 3.
 For reference, the same figures are given for the old format's per-scan images (matplotlib PNGs).
 
 Run: ``python benchmarks/bench_report.py [--quick]`` (writes ``benchmarks/results/report.json``).
@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the browser driver
-
-from chromium import Page, find_browser
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' browser driver
 
 from chestxr.explain.overlay import overlay_figure
 from chestxr.explain.report_builder import _jpeg, _overlay_rgb
 from chestxr.explain.report_page import ReportEntry, write_report_html
+from tests.helpers.chromium import Page, find_browser
 
 METHODS = ("gradcam", "gradcam++")
 

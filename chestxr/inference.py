@@ -8,7 +8,7 @@ import os
 import pickle
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from scipy.special import expit
 from torch.utils.data import DataLoader, Dataset
 
 from chestxr import keys
+from chestxr.data.prefetch import prefetch
 from chestxr.io import RadiographReadError, read_header
 from chestxr.models.module import ChestXRClassifier
 from chestxr.utils import ids as _ids
@@ -23,6 +24,9 @@ from chestxr.utils.checkpoints import refused_message
 from chestxr.utils.files import atomic_write_csv
 from chestxr.utils.hardware import autocast, best_precision, inference_device
 from chestxr.utils.ids import anonymous_id
+
+if TYPE_CHECKING:
+    from chestxr.explain.cam import TopFindingCams
 
 log = logging.getLogger(__name__)
 
@@ -54,33 +58,52 @@ def load_model(
 
 
 def infer_batches(
-    model: ChestXRClassifier, loader: Iterable[dict[str, Any]], *, precision: str | None = None
-) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
+    model: ChestXRClassifier,
+    loader: Iterable[dict[str, Any]],
+    *,
+    precision: str | None = None,
+    cam_method: str | None = None,
+    target_layer: str = "net.layer4",
+    read_ahead: int = 2,
+) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor, TopFindingCams | None]]:
     """The one inference loop: each batch of ``loader``, its images on the model's device, logits.
 
-    The forward pass runs under ``torch.inference_mode()`` and autocast at ``precision``; the
-    images yielded are ordinary tensors, so a caller can still compute Grad-CAMs from them. A
-    batch with no images (all unreadable) gets empty logits.
+    The next ``read_ahead`` batches are read in a background thread while this one is scored
+    (:func:`~chestxr.data.prefetch.prefetch`), so reading and decoding overlap the network. The
+    forward pass runs under ``torch.inference_mode()`` and autocast at ``precision``. With
+    ``cam_method`` the scores come from the explaining pass instead (one forward pass per batch
+    for both; fp32, the model's own dtype, whatever ``precision``). A batch with no images (all
+    unreadable) gets empty logits.
 
     Args:
         model: the classifier, in eval mode.
         loader: batches with ``keys.IMAGE`` ``(B, 1, S, S)``.
         precision: ``32``, ``bf16-mixed``...; None picks the best for the device.
+        cam_method: also each image's map of its most probable finding
+            (:func:`~chestxr.explain.cam.top_finding_cams`) with this method.
+        target_layer: the layer the maps are taken at.
+        read_ahead: batches read ahead in the background (0: none, read in this thread).
 
     Yields:
-        (batch, images, float32 logits ``(B, K)`` on the CPU).
+        (batch, images, float32 logits ``(B, K)`` on the CPU, the maps or None).
     """
     device = next(model.parameters()).device
     precision = precision or best_precision(device.type)
     model.eval()
-    for batch in loader:
+    for batch in prefetch(loader, read_ahead):
         images = batch[keys.IMAGE].to(device)
         if len(images) == 0:
-            yield batch, images, torch.empty(0, len(model.output_names))
+            yield batch, images, torch.empty(0, len(model.output_names)), None
+            continue
+        if cam_method is not None:
+            from chestxr.explain.cam import top_finding_cams
+
+            cams = top_finding_cams(model, images, method=cam_method, target_layer=target_layer)
+            yield batch, images, torch.from_numpy(cams.logits), cams
             continue
         with torch.inference_mode(), autocast(device, precision):
             logits = model(images)
-        yield batch, images, logits.float().cpu()
+        yield batch, images, logits.float().cpu(), None
 
 
 def predict_dataset(
@@ -109,7 +132,7 @@ def predict_dataset(
         "patient_id": [],
         "index": [],
     }
-    for batch, _, logits in infer_batches(model, loader, precision=precision):
+    for batch, _, logits, _ in infer_batches(model, loader, precision=precision):
         out["logit"].append(logits.numpy())
         out["target"].append(np.asarray(batch[keys.TARGET], dtype=np.float32))
         out["path"].extend(batch[keys.PATH])
@@ -163,7 +186,7 @@ def predict_files(
         id_key: secret for the pseudonyms (HMAC); without it they are plain SHA-256 prefixes.
         precision: forward-pass precision; fp32 by default, as evaluation and the DICOM node,
             so a scan near the threshold gets the same decision everywhere; None picks the
-            device's fastest.
+            device's fastest. With ``cams`` the scores come from the explaining pass (fp32).
 
     Returns:
         ``predicted``, ``unreadable`` (counts), ``out_dir``.
@@ -183,24 +206,29 @@ def predict_files(
     scan_id = functools.partial(_ids.scan_id, key=id_key)
     rows: list[list[Any]] = []
     bad = [(str(p), r) for p, r in unreadable]
-    for batch, images, logits in infer_batches(model, loader, precision=precision):
+    batches = infer_batches(
+        model,
+        loader,
+        precision=precision,
+        cam_method=cam_method if cams else None,
+        target_layer=target_layer,
+    )
+    for batch, _, logits, maps in batches:
         bad += batch[FAILED]
         paths = batch[keys.PATH]
         if not paths:
             continue
         prob = torch.sigmoid(logits).numpy()
         outcomes = [""] * len(paths)
-        if cams:
+        if maps is not None:
             from chestxr.explain.scan_overlay import write_scan_overlays
 
             outcomes = write_scan_overlays(
                 model,
-                images,
+                maps,
                 paths,
                 [scan_id(p) for p in paths],
                 out_dir / "cams",
-                method=cam_method,
-                target_layer=target_layer,
                 secondary_capture=secondary_capture,
             )
         for path, p, outcome in zip(paths, prob, outcomes, strict=True):

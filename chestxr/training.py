@@ -25,9 +25,10 @@ from chestxr.data.manifest import Manifest
 from chestxr.evaluation.run import validate_evaluation_config
 from chestxr.models.checkpoint_io import save_checkpoint_file
 from chestxr.utils.checkpoints import load_tensors_only
-from chestxr.utils.files import RUN_MARKERS, ensure_fresh_run_dir
+from chestxr.utils.files import RUN_MARKERS, atomic_write_json, ensure_fresh_run_dir
 from chestxr.utils.hardware import resolve_precision
 from chestxr.utils.instantiate import check_types, instantiate_group
+from chestxr.utils.timing import EpochTimer, PhaseTimes
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,15 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, model: Any
 
 
 @rank_zero_only
-def finish(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, out_dir: Path) -> dict[str, Any]:
+def finish(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    datamodule: Any,
+    out_dir: Path,
+    times: PhaseTimes | None = None,
+) -> dict[str, Any]:
     """Store the validation operating point in the best checkpoint, then evaluate and report."""
+    times = times or PhaseTimes()
     from chestxr.inference import load_model
 
     fit_thresholds, evaluate_model, report_model = _evaluation_functions()
@@ -205,10 +213,20 @@ def finish(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, out_dir: Path) 
     ckpt["chestxr"] = run_summary(cfg, trainer, datamodule, model)
     save_checkpoint_file(ckpt, final)
     log.info("final model (best on validation, with its operating point): %s", final)
-    metrics = evaluate_model(model, datamodule, out_dir / "evaluation", cfg.evaluation)
+    with times.phase("evaluation"):
+        metrics = evaluate_model(model, datamodule, out_dir / "evaluation", cfg.evaluation)
     if cfg.get("make_report"):
-        report_model(model, datamodule, out_dir / "report", cfg.report)
+        with times.phase("report"):
+            report_model(model, datamodule, out_dir / "report", cfg.report)
     return metrics
+
+
+@rank_zero_only
+def write_timings(out_dir: Path, summary: dict[str, Any]) -> None:
+    """``<run>/timings.json``: where the run's wall time went (:mod:`chestxr.utils.timing`)."""
+    atomic_write_json(out_dir / "timings.json", summary)
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in summary["phases_s"].items())
+    log.info("wall time: %s", phases)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -234,9 +252,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     elif rank_zero_only.rank == 0:
         ensure_fresh_run_dir(out_dir)
     L.seed_everything(cfg.seed, workers=True)
+    times, epochs = PhaseTimes(), EpochTimer()
 
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
+    with times.phase("data"):  # generating the synthetic set, or reading the manifest
+        datamodule.prepare_data()
     if cfg.get("test") and cfg.get("make_report"):
         check_boxes(datamodule.load())
     check_splits(cfg, datamodule)
@@ -245,21 +265,24 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         precision=precision,
-        callbacks=instantiate_group(cfg.get("callbacks")),
+        callbacks=[*instantiate_group(cfg.get("callbacks")), epochs],
         logger=instantiate_group(cfg.get("logger")),
     )
     log.info("training %s on %s (%s)", model.output_names, cfg.data.get("manifest"), precision)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    with times.phase("fit"):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
     best = trainer.checkpoint_callback
     if best is not None and best.best_model_score is not None:  # e.g. val/auc_best, for sweeps
         metrics[f"{best.monitor}_best"] = float(best.best_model_score)
 
     if cfg.get("test"):
-        trainer.test(model, datamodule=datamodule, ckpt_path="best", weights_only=True)
+        with times.phase("test"):
+            trainer.test(model, datamodule=datamodule, ckpt_path="best", weights_only=True)
         metrics.update(trainer.callback_metrics)
-        evaluation = finish(cfg, trainer, datamodule, out_dir)
+        evaluation = finish(cfg, trainer, datamodule, out_dir, times)
         if evaluation:
             metrics["evaluation"] = evaluation
+    write_timings(out_dir, times.summary(epochs.seconds))
     log.info("run folder: %s", out_dir.resolve())
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}

@@ -102,6 +102,33 @@ def test_sixteen_bit_round_trip_error_bound(tmp_path):
     assert np.isnan(back[0, 0, 0]) and np.array_equal(back[0, 1:], x[0, 1:])
 
 
+def test_one_store_serves_several_threads(tmp_path):
+    """Inference reads the next batch in a background thread (chestxr.data.prefetch) while the
+    main thread works: one process's store must serve both, every entry intact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from chestxr.data.cache import CacheStore
+
+    store = CacheStore(tmp_path / "c", settings="s")
+    sources = []
+    for i in range(24):
+        sources.append(tmp_path / f"{i}.png")
+        write_png(sources[-1], i)
+    store.get(sources[0])  # the connection is made in this thread first
+    images = {str(s): np.full((1, 8, 8), i / 24, np.float32) for i, s in enumerate(sources)}
+
+    def put_then_get(source: Path) -> bool:
+        store.put(source, images[str(source)], {"i": str(source)})
+        back, meta = store.get(source)
+        return meta == {"i": str(source)} and np.allclose(back, images[str(source)], atol=QUANT)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(put_then_get, sources))
+    assert store.stats()["entries"] == 24
+    for source in sources:  # and read back afterwards in this thread
+        assert np.allclose(store.get(source)[0], images[str(source)], atol=QUANT)
+
+
 def test_preprocessing_range_and_store_size(tmp_path):
     manifest = make_set(tmp_path)
     plain = images(manifest, tmp_path / "c", cache="none")

@@ -126,3 +126,37 @@ def test_predict_runs_in_fp32_whatever_the_cpu(tmp_path, monkeypatch):
 
     assert probs(tmp_path / "fp32") == pytest.approx(expected, abs=2e-6)
     assert probs(tmp_path / "bf16", precision=None) != pytest.approx(expected, abs=2e-6)
+
+
+def test_predict_with_cams_scores_and_explains_from_one_forward_pass(tmp_path, monkeypatch):
+    """cams=true: the scores come from the explaining pass (fp32), equal to predict without maps,
+    and the network runs once per batch, not once to score and again to explain."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from chestxr.inference import predict_files
+
+    model = _model_where_bf16_is_fastest(monkeypatch)
+    rng = np.random.default_rng(1)
+    files = []
+    for i in range(5):
+        files.append(tmp_path / f"im{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(files[-1])
+    forwards = []
+    model.net.register_forward_hook(lambda *_: forwards.append(1))
+
+    def probs(out, **options):
+        out.mkdir()
+        predict_files(model, files, out, batch_size=2, **options)
+        with (out / "predictions.csv").open() as f:
+            return np.asarray([float(r["prob_b"]) for r in csv.DictReader(f)])
+
+    plain = probs(tmp_path / "plain")
+    assert len(forwards) == 3  # 5 scans in batches of 2
+    forwards.clear()
+    explained = probs(tmp_path / "cams", cams=True)
+    assert len(forwards) == 3
+    assert explained == pytest.approx(plain, abs=2e-6)
+    assert len(list((tmp_path / "cams" / "cams").glob("*.png"))) == 5

@@ -544,9 +544,12 @@ def test_a_multilabel_scan_is_explained_for_its_most_probable_finding(tmp_path: 
         optimizer=OPT,
     ).eval()
     images = torch.rand(6, 1, 64, 64)
-    maps, explained = top_finding_cams(model, images, target_layer="net.layer4")
+    maps, explained, logits = top_finding_cams(model, images, target_layer="net.layer4")
     with torch.no_grad():
-        assert explained.tolist() == model(images).argmax(1).tolist()
+        direct = model(images)
+        assert explained.tolist() == direct.argmax(1).tolist()
+    # the scores come from the same (one) forward pass: what an inference forward gives
+    assert np.allclose(logits, direct.numpy(), atol=1e-5)
     assert len(set(explained.tolist())) > 1  # not output 0 for every scan
     for i, k in enumerate(explained):
         one = images[i : i + 1]

@@ -48,3 +48,9 @@ def test_one_epoch_run_exits_0_with_valid_json(tmp_path):
     for path in files:
         strict_json(path)
     assert (run / "checkpoints" / "model.ckpt").is_file()
+    # where the wall time went: every phase that ran, and the one epoch
+    timings = strict_json(run / "timings.json")
+    assert list(timings["phases_s"]) == ["data", "fit", "test", "evaluation", "report"]
+    assert all(v > 0 for v in timings["phases_s"].values())
+    assert len(timings["epochs_s"]) == 1 and timings["later_epoch_mean_s"] is None
+    assert timings["first_epoch_s"] <= timings["phases_s"]["fit"]

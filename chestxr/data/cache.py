@@ -36,11 +36,13 @@ import logging
 import mmap
 import os
 import sqlite3
+import threading
 import uuid
 import zlib
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -117,6 +119,22 @@ def source_identity(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     }
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """Run a :class:`CacheStore` method under the store's lock: one thread at a time uses this
+    process's connection, maps and shard (a reader thread and the main thread may share it)."""
+
+    @wraps(method)
+    def run(self: CacheStore, *args: Any, **kwargs: Any) -> Any:
+        self._fresh()
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
 class CacheStore:
     """Preprocessed images of one preprocessing setting, in one folder (see the module docs).
 
@@ -158,6 +176,7 @@ class CacheStore:
         self._db: sqlite3.Connection | None = None
         self._maps: dict[str, mmap.mmap] = {}
         self._writer: tuple[str, int] | None = None  # (shard name, fd holding its flock)
+        self._lock = threading.RLock()
 
     def _fresh(self) -> None:
         if self._pid != os.getpid():  # forked: the parent's handles are not ours to use
@@ -175,7 +194,9 @@ class CacheStore:
         if self._db is None:
             index = self.folder / "index.sqlite"
             try:
-                db = sqlite3.connect(index, timeout=60.0, isolation_level=None)
+                db = sqlite3.connect(
+                    index, timeout=60.0, isolation_level=None, check_same_thread=False
+                )  # used by one thread at a time (the store's lock)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_CREATE)
@@ -198,6 +219,7 @@ class CacheStore:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     # -- reading -------------------------------------------------------------------------------
+    @_locked
     def get(
         self, source: str | os.PathLike[str], *, key: str | None = None
     ) -> tuple[np.ndarray, dict[str, Any]] | None:
@@ -276,6 +298,7 @@ class CacheStore:
         return bytes(m[offset : offset + nbytes]), ""
 
     # -- writing -------------------------------------------------------------------------------
+    @_locked
     def put(
         self,
         source: str | os.PathLike[str],
@@ -391,6 +414,7 @@ class CacheStore:
             ) from err
         return name, fd
 
+    @_locked
     def close(self) -> None:
         """Release this process's connection, maps and shard lock."""
         if self._pid == os.getpid():
@@ -402,6 +426,7 @@ class CacheStore:
                 os.close(self._writer[1])
         self._reset()
 
+    @_locked
     def stats(self) -> dict[str, int]:
         """Entries, their bytes, and the bytes of all shards (superseded entries included)."""
         n, live = (

@@ -1,7 +1,8 @@
 """Explanations of the classifier: Grad-CAM maps, their checks, overlays and reports.
 
 - :mod:`~chestxr.explain.cam`: one class per CAM method over :class:`BaseCAM`, the registry,
-  :func:`cam_maps` (every method and output from one forward) and :func:`compute_cams`.
+  :func:`explain` (logits and every method's maps from one forward), :func:`cam_maps`,
+  :func:`compute_cams` and :func:`top_finding_cams`.
 - :mod:`~chestxr.explain.localisation`: pointing game and CAM-box IoU against annotated boxes.
 - :mod:`~chestxr.explain.faithfulness`: model-randomisation check and deletion curves.
 - :mod:`~chestxr.explain.overlay`: maps back to the original geometry, PNG figures, RGB blends.
@@ -16,10 +17,14 @@ from chestxr.explain.cam import (
     CAM_METHODS,
     CAM_REGISTRY,
     BaseCAM,
+    Explanation,
+    TopFindingCams,
     cam_maps,
     check_methods,
     compute_cams,
+    explain,
     register_cam,
+    top_finding_cams,
 )
 from chestxr.explain.faithfulness import (
     deletion_curve,
@@ -36,7 +41,9 @@ __all__ = [
     "CAM_METHODS",
     "CAM_REGISTRY",
     "BaseCAM",
+    "Explanation",
     "ReportEntry",
+    "TopFindingCams",
     "blend_overlay",
     "boxes_to_input",
     "cam_box_iou",
@@ -46,6 +53,7 @@ __all__ = [
     "check_methods",
     "compute_cams",
     "deletion_curve",
+    "explain",
     "outcome",
     "overlay_figure",
     "overlay_key",
@@ -54,6 +62,7 @@ __all__ = [
     "randomise_weights",
     "register_cam",
     "spearman",
+    "top_finding_cams",
     "write_report_html",
     "write_secondary_capture",
 ]

@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -130,6 +130,28 @@ def activations_and_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass, then ``d(logit_k)/dA`` for each output ``k`` with respect to ``A`` only.
 
+    :func:`explaining_pass` with the logits left out; see there.
+    """
+    _, acts, grads = explaining_pass(model, images, target_layer, outputs)
+    return acts, grads
+
+
+#: Which outputs an explaining pass explains: all (None), these, or chosen from the logits.
+OutputChoice = Sequence[int] | Callable[[torch.Tensor], Sequence[int]] | None
+
+
+def explaining_pass(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    target_layer: str,
+    outputs: OutputChoice = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass, then ``d(logit_k)/dA`` for each output ``k`` with respect to ``A`` only.
+
+    The pass's logits are returned too, so a caller that needs scores and maps runs the network
+    once: they are the model's fp32 (its parameters' dtype) eval-mode logits, what an inference
+    forward at that precision gives.
+
     Works inside ``torch.inference_mode()`` or ``torch.no_grad()`` (a Lightning step): the pass
     runs on a fresh copy of the input with gradients switched back on. The model is in eval mode
     for the call; its mode, ``requires_grad`` flags and ``.grad`` tensors are restored after, and
@@ -139,10 +161,12 @@ def activations_and_gradients(
         model: maps ``(B, C, S, S)`` images to ``(B, K)`` logits.
         images: ``(B, C, S, S)`` or ``(C, S, S)``, moved to the model's device and dtype.
         target_layer: dotted module name (``model.named_modules()``), e.g. ``"net.layer4"``.
-        outputs: logits to explain; all ``K`` by default.
+        outputs: logits to explain: all ``K`` (None), the given indices, or a function of the
+            detached ``(B, K)`` logits returning the indices (e.g. each image's top finding).
 
     Returns:
-        ``A`` ``(B, c, h, w)`` and the gradients ``(len(outputs), B, c, h, w)``.
+        The detached logits ``(B, K)``, ``A`` ``(B, c, h, w)`` and the gradients
+        ``(len(outputs), B, c, h, w)``.
 
     Raises:
         ValueError: bad ``images`` shape, an output index out of range, ``target_layer`` not
@@ -170,6 +194,8 @@ def activations_and_gradients(
             raise ValueError(f"target_layer {target_layer!r} ran {len(seen)} times, expected once")
         if logits.ndim != 2:
             raise ValueError(f"model output must be (B, K) logits, got {tuple(logits.shape)}")
+        if callable(outputs):
+            outputs = outputs(logits.detach())
         wanted = list(range(logits.shape[1])) if outputs is None else [int(k) for k in outputs]
         for k in wanted:
             if not 0 <= k < logits.shape[1]:
@@ -181,7 +207,7 @@ def activations_and_gradients(
             torch.autograd.grad(logits[:, k].sum(), acts, retain_graph=i < len(wanted) - 1)[0]
             for i, k in enumerate(wanted)
         ]
-    return acts.detach(), torch.stack(grads)
+    return logits.detach(), acts.detach(), torch.stack(grads)
 
 
 class BaseCAM:
@@ -299,6 +325,56 @@ def check_methods(methods: Sequence[str], key: str = "report.methods") -> list[s
     return list(methods)
 
 
+class Explanation(NamedTuple):
+    """Scores and maps of one batch from one forward pass (:func:`explain`)."""
+
+    logits: np.ndarray  #: ``(B, K)`` float32: the pass's logits, every output
+    outputs: list[int]  #: the outputs explained, in the order of the maps' second axis
+    maps: dict[str, np.ndarray]  #: method -> ``(B, len(outputs), S, S)`` float32 in [0, 1]
+
+
+def explain(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    *,
+    methods: Sequence[str],
+    target_layer: str = "layer4",
+    outputs: OutputChoice = None,
+) -> Explanation:
+    """Logits and the maps of several methods and outputs, from ONE forward pass.
+
+    Args:
+        model: as for :class:`BaseCAM`.
+        images: ``(B, C, S, S)`` or ``(C, S, S)``.
+        methods: registered method names.
+        target_layer: dotted module name.
+        outputs: as for :func:`explaining_pass` (all by default).
+
+    Raises:
+        ValueError: an unknown method, or see :func:`explaining_pass`.
+    """
+    classes = [CAM_REGISTRY[m] for m in check_methods(methods, key="method")]
+    chosen: list[int] = []
+
+    def choose(logits: torch.Tensor) -> list[int]:
+        if outputs is None:
+            picked: Sequence[int] = range(logits.shape[1])
+        else:
+            picked = outputs(logits) if callable(outputs) else outputs
+        chosen.extend(int(k) for k in picked)
+        return chosen
+
+    logits, acts, grads = explaining_pass(model, images, target_layer, choose)
+    size = tuple(torch.as_tensor(images).shape[-2:])
+    maps = {
+        cls.name: torch.stack([cls.maps(acts, g, size) for g in grads], dim=1)
+        .detach().float().cpu().numpy()
+        for cls in classes
+    }  # fmt: skip
+    log.debug("computed %s maps of %d outputs for %d images", methods, len(grads), len(acts))
+    return Explanation(logits.float().cpu().numpy(), chosen, maps)
+
+
 def cam_maps(
     model: nn.Module,
     images: torch.Tensor | np.ndarray,
@@ -307,30 +383,15 @@ def cam_maps(
     target_layer: str = "layer4",
     outputs: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Maps of several methods and outputs from ONE forward pass.
-
-    Args:
-        model: as for :class:`BaseCAM`.
-        images: ``(B, C, S, S)`` or ``(C, S, S)``.
-        methods: registered method names.
-        target_layer: dotted module name.
-        outputs: logits to explain; all by default.
+    """Maps of several methods and outputs from ONE forward pass (:func:`explain`'s maps).
 
     Returns:
         method -> ``(B, len(outputs), S, S)`` float32 in [0, 1].
 
     Raises:
-        ValueError: an unknown method, or see :func:`activations_and_gradients`.
+        ValueError: an unknown method, or see :func:`explaining_pass`.
     """
-    classes = [CAM_REGISTRY[m] for m in check_methods(methods, key="method")]
-    acts, grads = activations_and_gradients(model, images, target_layer, outputs)
-    size = tuple(torch.as_tensor(images).shape[-2:])
-    out = {}
-    for cls in classes:
-        maps = torch.stack([cls.maps(acts, g, size) for g in grads], dim=1)
-        out[cls.name] = maps.detach().float().cpu().numpy()
-    log.debug("computed %s maps of %d outputs for %d images", methods, len(grads), len(acts))
-    return out
+    return explain(model, images, methods=methods, target_layer=target_layer, outputs=outputs).maps
 
 
 def compute_cams(
@@ -367,29 +428,37 @@ def compute_cams(
     return maps[method][:, 0]
 
 
+class TopFindingCams(NamedTuple):
+    """Each image's map of its most probable finding, with the pass's logits."""
+
+    maps: np.ndarray  #: ``(B, S, S)`` float32 in [0, 1]
+    explained: np.ndarray  #: ``(B,)`` the output each map explains (0 for a binary model)
+    logits: np.ndarray  #: ``(B, K)`` float32 logits of the same forward pass
+
+
 def top_finding_cams(
     model: nn.Module,
     images: torch.Tensor,
     *,
     method: str = "gradcam",
     target_layer: str = "layer4",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per image, the map of the output (finding) with the highest probability.
+) -> TopFindingCams:
+    """Per image, the map of the output (finding) with the highest probability; one forward pass.
 
     With one output (binary) this is :func:`compute_cams` of output 0. With several, each image's
-    map explains its most probable finding; the outputs needed are explained from one forward.
-
-    Returns:
-        ``(B, S, S)`` maps as :func:`compute_cams`, and ``(B,)`` the output each one explains.
+    map explains its most probable finding, chosen from the logits of the same pass, and only the
+    outputs needed get a gradient.
     """
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        logits = model(torch.as_tensor(images).to(device)).float().cpu().numpy()
-    explained = logits.argmax(axis=1)  # sigmoid is monotonic: the most probable finding
-    wanted = sorted({int(i) for i in explained})
-    maps = cam_maps(model, images, methods=[method], target_layer=target_layer, outputs=wanted)
-    column = np.searchsorted(wanted, explained)
-    return maps[method][np.arange(len(explained)), column], explained
+    top: list[np.ndarray] = []
+
+    def most_probable(logits: torch.Tensor) -> list[int]:
+        top.append(logits.argmax(dim=1).cpu().numpy())  # sigmoid is monotonic
+        return sorted({int(i) for i in top[0]})
+
+    res = explain(model, images, methods=[method], target_layer=target_layer, outputs=most_probable)
+    column = np.searchsorted(res.outputs, top[0])
+    maps = res.maps[method][np.arange(len(top[0])), column]
+    return TopFindingCams(maps, top[0], res.logits)
 
 
 #: The registered method names (kept for callers that import the tuple).

@@ -21,17 +21,18 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import Compose
 from PIL import Image, ImageDraw
+from scipy.special import expit
 from torch.utils.data import DataLoader
 
 from chestxr import keys
 from chestxr.data.datamodule import RadiographDataModule, make_items
+from chestxr.data.prefetch import prefetch
 from chestxr.data.transforms import geometry
-from chestxr.explain.cam import cam_maps, check_methods
+from chestxr.explain.cam import cam_maps, check_methods, explain
 from chestxr.explain.faithfulness import deletion_curve, randomisation_check
 from chestxr.explain.localisation import boxes_to_input, cam_box_iou, pointing_game
 from chestxr.explain.overlay import blend_overlay, cam_to_original
 from chestxr.explain.report_page import ReportEntry, outcome, overlay_key, write_report_html
-from chestxr.inference import predict_dataset
 from chestxr.io import read_header
 from chestxr.io.binning import bin_factor
 from chestxr.models.module import ChestXRClassifier
@@ -176,15 +177,15 @@ def report_model(
     quality = int(cfg["jpeg_quality"])
     thumb_side = int(cfg["thumbnail_side"])
     id_key = str(cfg["id_key"])  # the same ids as predict's for the same files and key
-    for batch in loader:
+    for batch in prefetch(loader):  # the next batches are read while this one is explained
         images = torch.stack([torch.as_tensor(b[keys.IMAGE]) for b in batch]).to(device)
-        pred = predict_dataset(
-            model,
-            [{k: b[k] for k in (keys.IMAGE, keys.TARGET, keys.PATH, keys.PATIENT_ID, keys.INDEX)}
-             for b in batch],
-            batch_size=len(batch),
-        )  # fmt: skip
-        maps = cam_maps(model, images, methods=methods, target_layer=layer)
+        # scores and every method's maps from one (fp32) forward pass
+        explained = explain(model, images, methods=methods, target_layer=layer)
+        maps = explained.maps
+        pred = {
+            "prob": expit(explained.logits),
+            "target": np.stack([np.asarray(b[keys.TARGET], np.float32) for b in batch]),
+        }
         decisions = pred["prob"] >= cut
         for j, b in enumerate(batch):
             sid = scan_id(b[keys.PATH], key=id_key)

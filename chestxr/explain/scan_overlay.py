@@ -4,29 +4,30 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from chestxr.data.transforms import geometry
-from chestxr.explain.cam import top_finding_cams
 from chestxr.explain.overlay import blend_overlay, cam_to_original, overlay_figure
 from chestxr.explain.secondary_capture import write_secondary_capture
 from chestxr.io import RadiographReadError, read_header, read_radiograph
 from chestxr.utils.ids import redact
+
+if TYPE_CHECKING:
+    from chestxr.explain.cam import TopFindingCams
 
 log = logging.getLogger(__name__)
 
 
 def write_scan_overlays(
     model: torch.nn.Module,
-    images: torch.Tensor,
+    cams: TopFindingCams,
     paths: list[str],
     names: list[str],
     out_dir: Path,
     *,
-    method: str,
-    target_layer: str,
     secondary_capture: bool,
 ) -> list[str]:
     """A CAM overlay PNG per scan (``out_dir/NAME.png``, titled NAME and the finding explained,
@@ -34,13 +35,12 @@ def write_scan_overlays(
     (``out_dir/NAME_sc.dcm``).
 
     Args:
-        model: the classifier (its ``hparams.preprocess`` made ``images``).
-        images: ``(B, 1, S, S)`` network inputs of ``paths``.
+        model: the classifier (its ``hparams.preprocess`` made the images the maps are of).
+        cams: the maps of ``paths``' network inputs
+            (:func:`~chestxr.explain.cam.top_finding_cams`).
         paths: the source files.
         names: what to call each overlay (an anonymous id: never the file name).
         out_dir: folder for the files (created).
-        method: CAM method.
-        target_layer: layer the CAM is taken at.
         secondary_capture: also write Secondary Captures.
 
     Returns:
@@ -48,10 +48,9 @@ def write_scan_overlays(
         (not a DICOM source, or a source the writer cannot reference); "" when not asked for.
     """
     pre = dict(model.hparams.preprocess)
-    cams, explained = top_finding_cams(model, images, method=method, target_layer=target_layer)
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes = []
-    for cam, index, path, name in zip(cams, explained, paths, names, strict=True):
+    for cam, index, path, name in zip(cams.maps, cams.explained, paths, names, strict=True):
         image = read_radiograph(path, frame=pre.get("frame"), voi=pre.get("voi", "header"))
         full = cam_to_original(
             cam, image.shape, geometry(image.shape, pre["image_size"], pre.get("resize", "pad"))

@@ -10,7 +10,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ import torch
 from chestxr import __version__, keys
 from chestxr.io import RadiographReadError, read_header, read_radiograph
 from chestxr.utils.ids import find_cause
+
+if TYPE_CHECKING:
+    from chestxr.explain.cam import TopFindingCams
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +101,10 @@ def header(path: str | Path) -> dict[str, Any]:
     return read_header(path)
 
 
-def cams(
-    model: torch.nn.Module, images: torch.Tensor, method: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(B, S, S)`` Grad-CAM maps in [0, 1], each of its image's most probable finding, and
-    ``(B,)`` which output each explains (always 0 for a binary model)."""
+def cams(model: torch.nn.Module, images: torch.Tensor, method: str) -> TopFindingCams:
+    """``(B, S, S)`` Grad-CAM maps in [0, 1], each of its image's most probable finding, ``(B,)``
+    which output each explains (always 0 for a binary model), and the ``(B, K)`` fp32 logits of
+    the same forward pass (the scores: no second forward)."""
     from chestxr.explain.cam import top_finding_cams
 
     return top_finding_cams(model, images, method=method, target_layer="net.layer4")

@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 import torch
 from pydicom.dataset import Dataset
+from scipy.special import expit
 
 from chestxr.io import RadiographReadError
 from chestxr.serve import adapter, results
@@ -86,13 +87,12 @@ class Scorer:
         """Probabilities ``(B, K)`` and, when enabled, CAMs ``(B, S, S)`` with the output each
         explains ``(B,)``: the image's most probable finding (output 0 of a binary model)."""
         with self._lock:
+            if self.cams:  # scores and maps from one forward pass
+                maps, explained, logits = adapter.cams(self.model, images, self.cam_method)
+                return expit(logits), maps, explained
             with torch.inference_mode():
                 logits = self.model(images.to(self.device)).float()
-            prob = torch.sigmoid(logits).cpu().numpy()
-            maps, explained = (
-                adapter.cams(self.model, images, self.cam_method) if self.cams else (None, None)
-            )
-        return prob, maps, explained
+        return torch.sigmoid(logits).cpu().numpy(), None, None
 
     def outputs(self, prob: np.ndarray) -> list[dict[str, Any]]:
         """One scored image's outputs: name, probability, threshold, decision."""
