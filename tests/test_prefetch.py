@@ -1,4 +1,4 @@
-"""prefetch: reads ahead in a thread, keeps order, hands errors over, stops when the consumer does."""
+"""prefetch: reads ahead in a thread, keeps order, passes errors on, stops with its consumer."""
 
 from __future__ import annotations
 
