@@ -202,9 +202,9 @@ def finish(
     from chestxr.inference import load_model
 
     fit_thresholds, evaluate_model, report_model = _evaluation_functions()
-    best = (
-        trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
-    )
+    best = trainer.checkpoint_callback.best_model_path or next(
+        (c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path), ""
+    )  # no best on the monitor (e.g. never computed): the latest epoch's
     model = load_model(best)
     fit_thresholds(model, datamodule, cfg.evaluation.get("batch_size", 64))
     final = out_dir / "checkpoints" / "model.ckpt"

@@ -334,3 +334,18 @@ def test_resume_refuses_another_runs_folder(tmp_path):
     with pytest.raises(FileExistsError, match="belongs to another run"):
         pretrain(cfg)
     assert not list((Path(cfg.paths.output_dir) / "checkpoints").iterdir())
+
+
+def test_pretraining_keeps_a_resumable_checkpoint_of_every_epoch(tmp_path):
+    """An hour of pretraining killed in its last epoch resumes from the one before: last.ckpt is
+    written after every epoch (Lightning's save_last alone writes it only when training ends)."""
+    from chestxr.pretrain import pretrain
+
+    overrides = [*TINY_PRETRAIN, "trainer.max_epochs=3"]
+    overrides += ["+callbacks.probe._target_=tests.helpers.checkpoints.LastCheckpointProbe"]
+    overrides += [f"+callbacks.probe.path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"]
+    cfg = compose_config("pretrain", tmp_path, overrides)
+    path, objects = pretrain(cfg)
+    probe = next(c for c in objects["trainer"].callbacks if hasattr(c, "seen"))
+    assert probe.seen == [0, 1]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["backbone.ckpt", "last.ckpt"]

@@ -218,3 +218,24 @@ def test_checks_pass_on_a_good_config(tmp_path):
     check_splits(cfg, instantiate(cfg.data))
     cfg = compose_config("train", tmp_path, ["model=resnet18_imagenet", "trainer=ddp_cpu"])
     check_config(cfg)
+
+
+def test_last_checkpoint_holds_every_finished_epoch(tmp_path):
+    """A run killed during epoch N resumes from epoch N-1, not from its last improving epoch:
+    Lightning's save_last rewrites last.ckpt only in epochs that improve the monitor (here
+    none after the first: the monitor is the epoch, minimised)."""
+    probe = "callbacks.probe._target_=tests.helpers.checkpoints.LastCheckpointProbe"
+    cfg, _ = manifest_cfg(
+        tmp_path,
+        "trainer.max_epochs=3",
+        "callbacks.model_checkpoint.monitor=epoch",
+        "callbacks.model_checkpoint.mode=min",
+        "callbacks.early_stopping=null",
+        f"+{probe}",
+        f"+callbacks.probe.path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+        "test=false",
+    )
+    _, objects = train(cfg)
+    probe_cb = next(c for c in objects["trainer"].callbacks if hasattr(c, "seen"))
+    assert probe_cb.seen == [0, 1]
+    assert objects["trainer"].checkpoint_callback.best_model_path.endswith("best.ckpt")
