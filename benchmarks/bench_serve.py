@@ -2,8 +2,9 @@
 
 ``PYTHONPATH=. python benchmarks/bench_serve.py [N] [ASSOCIATIONS]`` (needs Debian's ``orthanc``)
 
-1. **load**: N synthetic radiographs (256 px) over several concurrent associations into a node
-   (Grad-CAM off) whose destination is a real Orthanc; throughput against the bare batched
+1. **load**: N synthetic radiographs (512 px) over several concurrent associations into a node
+   (Grad-CAM off, a 224 px model as chestxr trains for real data) whose destination is a real
+   Orthanc; throughput against the bare batched
    forward of the same model (same batch size; both warmed up first; the bare figure is the
    faster of the medians measured just before and just after the node's run), and p50/p95
    latency from reception (the C-STORE) to the result stored in Orthanc (its C-STORE answered).
@@ -49,6 +50,8 @@ from tests.test_serve_e2e import rest, start_orthanc  # noqa: E402
 
 log = logging.getLogger("bench_serve")
 BATCH = 8
+MODEL_PX = 224  # the input size of chestxr's real-data experiments
+SOURCE_PX = 512
 
 
 def send(port: int, paths: list[Path], acked: dict[str, float], stop_after: Any = None) -> None:
@@ -264,12 +267,13 @@ def main(n: int = 32, associations: int = 4) -> dict:
     # refused connections while a node or Orthanc is down are the point of the fault runs
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
-    ckpt = make_checkpoint(tmp / "m.ckpt")
+    ckpt = make_checkpoint(tmp / "m.ckpt", image_size=MODEL_PX)
     (tmp / "in").mkdir()
 
     def batch(tag: str, k: int, offset: int) -> list[Path]:
         return [
-            make_radiograph(tmp / f"in/{tag}{i}.dcm", seed=offset + i, size=256) for i in range(k)
+            make_radiograph(tmp / f"in/{tag}{i}.dcm", seed=offset + i, size=SOURCE_PX)
+            for i in range(k)
         ]
 
     load_before = os.getloadavg()
@@ -288,7 +292,8 @@ def main(n: int = 32, associations: int = 4) -> dict:
     report["torch_threads"] = torch.get_num_threads()
     bare, load = report["bare"], report["load"]
     print(
-        f"\nN={n} over {associations} associations, 256 px sources, 64 px model, CAMs off, "
+        f"\nN={n} over {associations} associations, {SOURCE_PX} px sources, {MODEL_PX} px model, "
+        "CAMs off, "
         f"batch {BATCH}; load average {report['loadavg_before']} -> {report['loadavg_after']} "
         f"on {report['cpus']} CPUs"
     )

@@ -26,15 +26,19 @@ OPT = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 
 
 def make_checkpoint(
-    path: Path, threshold: float = 0.5, seed: int = 0, summary: dict | None = None
+    path: Path,
+    threshold: float = 0.5,
+    seed: int = 0,
+    summary: dict | None = None,
+    image_size: int = 64,
 ) -> Path:
-    """A small chestxr checkpoint (random weights, 64 px, a stored operating point); ``summary``
-    is the run summary chestxr training stores under ``"chestxr"``."""
+    """A chestxr checkpoint (random weights, small by default, a stored operating point);
+    ``summary`` is the run summary chestxr training stores under ``"chestxr"``."""
     torch.manual_seed(seed)
     model = ChestXRClassifier(
         task="binary",
         classes=["normal", "opacity"],
-        preprocess={"image_size": 64},
+        preprocess={"image_size": image_size},
         optimizer=OPT,
     )
     model.thresholds.fill_(threshold)
