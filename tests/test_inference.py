@@ -95,34 +95,48 @@ def test_metrics_are_computed_in_fp32_whatever_the_cpu(monkeypatch):
     assert bf16 != pytest.approx(expected, abs=1e-5)  # the other path really is bf16
 
 
+def _pngs(folder: Path, n: int, seed: int) -> list[Path]:
+    """``n`` small random greyscale PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    files = []
+    for i in range(n):
+        files.append(folder / f"im{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(files[-1])
+    return files
+
+
+def _predicted(model, files: list[Path], out: Path, **options):
+    """``predict_files`` into ``out`` (batches of 2); the probabilities of its CSV."""
+    import csv
+
+    import numpy as np
+
+    from chestxr.inference import predict_files
+
+    out.mkdir()
+    predict_files(model, files, out, batch_size=2, **options)
+    with (out / "predictions.csv").open() as f:
+        return np.asarray([float(r["prob_b"]) for r in csv.DictReader(f)])
+
+
 def test_predict_runs_in_fp32_whatever_the_cpu(tmp_path, monkeypatch):
     """predict decides as evaluate and the DICOM node do: in fp32 even where the device's fastest
     precision is bf16 (a scan near the threshold must not be POSITIVE in one, negative in the
     other)."""
-    import csv
-
-    import numpy as np
-    from PIL import Image
-
     from chestxr import keys
     from chestxr.data.inputs import SafeDataset
-    from chestxr.inference import predict_files
 
     model = _model_where_bf16_is_fastest(monkeypatch)
-    rng = np.random.default_rng(0)
-    files = []
-    for i in range(4):
-        files.append(tmp_path / f"im{i}.png")
-        Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(files[-1])
+    files = _pngs(tmp_path, 4, seed=0)
     images = torch.stack([s[keys.IMAGE] for s in SafeDataset(files, {"image_size": 32})])
     with torch.no_grad():
         expected = torch.sigmoid(model(images).float()).numpy()[:, 0]
 
     def probs(out, **options):
-        out.mkdir()
-        predict_files(model, files, out, batch_size=2, **options)
-        with (out / "predictions.csv").open() as f:
-            return np.asarray([float(r["prob_b"]) for r in csv.DictReader(f)])
+        return _predicted(model, files, out, **options)
 
     assert probs(tmp_path / "fp32") == pytest.approx(expected, abs=2e-6)
     assert probs(tmp_path / "bf16", precision=None) != pytest.approx(expected, abs=2e-6)
@@ -131,27 +145,13 @@ def test_predict_runs_in_fp32_whatever_the_cpu(tmp_path, monkeypatch):
 def test_predict_with_cams_scores_and_explains_from_one_forward_pass(tmp_path, monkeypatch):
     """cams=true: the scores come from the explaining pass (fp32), equal to predict without maps,
     and the network runs once per batch, not once to score and again to explain."""
-    import csv
-
-    import numpy as np
-    from PIL import Image
-
-    from chestxr.inference import predict_files
-
     model = _model_where_bf16_is_fastest(monkeypatch)
-    rng = np.random.default_rng(1)
-    files = []
-    for i in range(5):
-        files.append(tmp_path / f"im{i}.png")
-        Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(files[-1])
+    files = _pngs(tmp_path, 5, seed=1)
     forwards = []
     model.net.register_forward_hook(lambda *_: forwards.append(1))
 
     def probs(out, **options):
-        out.mkdir()
-        predict_files(model, files, out, batch_size=2, **options)
-        with (out / "predictions.csv").open() as f:
-            return np.asarray([float(r["prob_b"]) for r in csv.DictReader(f)])
+        return _predicted(model, files, out, **options)
 
     plain = probs(tmp_path / "plain")
     assert len(forwards) == 3  # 5 scans in batches of 2
