@@ -58,9 +58,26 @@ def test_fused_clip_bin_scale_equals_windowing_every_pixel_then_binning(k):
         {"WindowCenter": 1500, "WindowWidth": 2000},  # LINEAR, clipping both ends
         {"WindowCenter": 2000, "WindowWidth": 1000, "VOILUTFunction": "SIGMOID"},
         {"RescaleSlope": 2, "RescaleIntercept": -100, "WindowCenter": 3000, "WindowWidth": 4000},
+        # the rescale folded into the window's bounds (stored units), clipping both ends
+        {
+            "RescaleSlope": 0.25,
+            "RescaleIntercept": 1024.5,
+            "WindowCenter": 1400,
+            "WindowWidth": 500,
+        },
+        {"RescaleSlope": -1, "RescaleIntercept": 4095, "WindowCenter": 2000, "WindowWidth": 3000},
+        {"RescaleSlope": 3, "RescaleIntercept": -50},  # min-max of rescaled values
         {},  # min-max
     ],
-    ids=["linear", "sigmoid", "rescale", "minmax"],
+    ids=[
+        "linear",
+        "sigmoid",
+        "rescale",
+        "rescale-fraction",
+        "negative-slope",
+        "rescale-minmax",
+        "minmax",
+    ],
 )
 @pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
 def test_binned_dicom_equals_the_full_image_binned(tmp_path, elements, photometric):

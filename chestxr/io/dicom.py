@@ -176,9 +176,10 @@ def read_dicom(
             raise RadiographReadError(
                 path, f"{photometric} image decoded to shape {arr.shape}, expected (rows, columns)"
             )
-        grey = _modality_lut(path, arr, ds)
+        grey, rescale = _modality_lut(path, arr, ds)
         k = bin_factor(grey.shape, bin_to, bin_side)
-        grey = minmax(grey, k) if voi == "minmax" else _voi(path, grey, ds, k)
+        # minmax is the same on stored values as on their positive rescale; a window folds it in
+        grey = minmax(grey, k) if voi == "minmax" else _voi(path, grey, ds, k, rescale)
         grey = np.ascontiguousarray(grey, dtype=np.float32)
         if photometric == "MONOCHROME1" or _presentation_inverse(ds):
             np.subtract(np.float32(1.0), grey, out=grey)
@@ -331,13 +332,21 @@ def _check_codestream(
         )
 
 
-def _modality_lut(path: str | PathLike[str], arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Stored values to modality values.
+def _modality_lut(
+    path: str | PathLike[str], arr: np.ndarray, ds: Dataset
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Stored values to modality values, a positive linear rescale left for the VOI to fold in.
 
-    The Modality LUT Sequence goes through pydicom's ``apply_modality_lut``; Rescale
-    Slope/Intercept is applied here in float32 (pydicom works in float64, twice the memory
-    traffic) and skipped when it is the identity. Empty LUTs and half-present rescales are
-    ignored (logged); a non-finite or zero slope is an error.
+    The Modality LUT Sequence goes through pydicom's ``apply_modality_lut``. Rescale
+    Slope/Intercept with a positive slope is not applied: it comes back beside the stored values
+    as ``(slope, intercept)`` and :func:`_voi` moves the window into stored units instead (one
+    pass over the full-size image fewer; exact, the map being affine and increasing). A negative
+    slope is applied here in float32 (pydicom works in float64, twice the memory traffic); the
+    identity is skipped. Empty LUTs and half-present rescales are ignored (logged); a non-finite
+    or zero slope is an error.
+
+    Returns:
+        The values and the rescale still to apply to them (None: they are modality values).
     """
     if "ModalityLUTSequence" in ds and not _lut_item(ds, "ModalityLUTSequence"):
         logger.warning("%s: empty or incomplete Modality LUT Sequence ignored", path)
@@ -352,56 +361,88 @@ def _modality_lut(path: str | PathLike[str], arr: np.ndarray, ds: Dataset) -> np
                     delattr(ds, keyword)
             if slope is not None or intercept is not None:
                 logger.warning("%s: Rescale Slope/Intercept incomplete, ignored", path)
-            return arr
+            return arr, None
         if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
             raise RadiographReadError(
                 path, f"invalid Rescale Slope/Intercept: {slope!r}/{intercept!r}"
             )
         if slope == 1 and intercept == 0:
-            return arr
-        # pydicom's rescale in float32 instead of float64: exact for stored values < 2**24
-        out = arr.astype(np.float32)
-        out *= np.float32(slope)
-        out += np.float32(intercept)
-        return out
-    return apply_modality_lut(arr, ds)
+            return arr, None
+        if slope > 0:
+            return arr, (slope, intercept)
+        return _rescaled(arr, (slope, intercept)), None
+    return apply_modality_lut(arr, ds), None
 
 
-def _voi(path: str | PathLike[str], arr: np.ndarray, ds: Dataset, k: int = 1) -> np.ndarray:
+def _rescaled(arr: np.ndarray, rescale: tuple[float, float] | None) -> np.ndarray:
+    """``arr * slope + intercept`` in float32 (exact for stored values < 2**24); None: ``arr``."""
+    if rescale is None:
+        return arr
+    out = arr.astype(np.float32)
+    out *= np.float32(rescale[0])
+    out += np.float32(rescale[1])
+    return out
+
+
+def _voi(
+    path: str | PathLike[str],
+    arr: np.ndarray,
+    ds: Dataset,
+    k: int = 1,
+    rescale: tuple[float, float] | None = None,
+) -> np.ndarray:
     """VOI from the header (VOI LUT Sequence, else first window, else min-max) to [0, 1].
 
     ``k > 1`` bins k x k blocks of the result (fused with linear windows and min-max).
+    ``rescale``: ``arr`` holds stored values and the modality values are ``arr * slope +
+    intercept`` (slope > 0); a fused linear window is moved into stored units instead (exact:
+    the map is affine and increasing), min-max needs nothing, other paths rescale first.
     """
     item = _lut_item(ds, "VOILUTSequence")
     if item is not None:
-        return bin_mean(_apply_voi_lut_item(path, arr, ds, item), k)
+        return bin_mean(_apply_voi_lut_item(path, _rescaled(arr, rescale), ds, item), k)
     if "VOILUTSequence" in ds:
         logger.warning("%s: empty or incomplete VOI LUT Sequence ignored", path)
     window = _first_window(path, ds)
     if window is not None:
-        out = _binned_window(arr, *window, k=k)
+        out = _binned_window(arr, *window, k=k, rescale=rescale)
         if out.min() < out.max() or np.min(arr) == np.max(arr):
             return out
+        m, b = rescale or (1.0, 0.0)
         logger.warning(
             "%s: window center/width %s/%s puts every pixel outside the window (values %s..%s); "
             "using min-max instead",
             path,
             window[0],
             window[1],
-            np.min(arr),
-            np.max(arr),
+            np.min(arr) * m + b,
+            np.max(arr) * m + b,
         )
-    return minmax(arr, k)
+    return minmax(arr, k)  # the same on stored values as on their positive rescale
 
 
 def _binned_window(
-    arr: np.ndarray, center: float, width: float, function: str = "LINEAR", *, k: int = 1
+    arr: np.ndarray,
+    center: float,
+    width: float,
+    function: str = "LINEAR",
+    *,
+    k: int = 1,
+    rescale: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """:func:`window_to_unit`, then k x k bins; linear windows are fused (clip, bin, scale)."""
+    """:func:`window_to_unit`, then k x k bins; linear windows are fused (clip, bin, scale).
+
+    ``rescale`` (slope > 0, intercept): ``arr`` holds stored values; a fused window takes its
+    bounds in stored units (``(v - intercept) / slope``), the others rescale ``arr`` first.
+    """
     if k == 1 or function == "SIGMOID" or (function == "LINEAR" and width == 1):
-        return bin_mean(window_to_unit(arr, center, width, function), k)
+        return bin_mean(window_to_unit(_rescaled(arr, rescale), center, width, function), k)
     c, w = _linear_window(center, width, function)
-    return bin_affine(arr, k, c - w / 2, c + w / 2)  # the values mapped to 0 and 1
+    lo, hi = c - w / 2, c + w / 2  # the modality values mapped to 0 and 1
+    if rescale is not None:
+        slope, intercept = rescale
+        lo, hi = (lo - intercept) / slope, (hi - intercept) / slope
+    return bin_affine(arr, k, lo, hi)
 
 
 def window_to_unit(
