@@ -4,7 +4,8 @@ The pipeline follows the DICOM grayscale standard display chain (PS3.3 C.11):
 
 1. decode the stored values with pydicom's decoders (one frame when ``frame`` is given);
 2. Modality LUT: the Modality LUT Sequence (:func:`pydicom.pixels.apply_modality_lut`) or
-   Rescale Slope/Intercept;
+   Rescale Slope/Intercept (a positive slope is folded into the linear window's bounds instead of
+   rescaling every pixel: the same values, one pass fewer);
 3. VOI: the first VOI LUT Sequence item when present (scaled to [0, 1] by the range of that
    LUT's entries), else the first Window Center/Width pair (the header's default view when it
    lists several) with the VOI LUT Function (LINEAR, LINEAR_EXACT or SIGMOID) mapped straight to
