@@ -65,8 +65,8 @@ def infer_batches(
     cam_method: str | None = None,
     target_layer: str = "net.layer4",
     read_ahead: int = 2,
-) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor, TopFindingCams | None]]:
-    """The one inference loop: each batch of ``loader``, its images on the model's device, logits.
+) -> Iterator[tuple[dict[str, Any], torch.Tensor, TopFindingCams | None]]:
+    """The one inference loop: each batch of ``loader``, its logits and, asked for, its maps.
 
     The next ``read_ahead`` batches are read in a background thread while this one is scored
     (:func:`~chestxr.data.prefetch.prefetch`), so reading and decoding overlap the network. The
@@ -85,7 +85,7 @@ def infer_batches(
         read_ahead: batches read ahead in the background (0: none, read in this thread).
 
     Yields:
-        (batch, images, float32 logits ``(B, K)`` on the CPU, the maps or None).
+        (batch, float32 logits ``(B, K)`` on the CPU, the maps or None).
     """
     device = next(model.parameters()).device
     precision = precision or best_precision(device.type)
@@ -93,17 +93,17 @@ def infer_batches(
     for batch in prefetch(loader, read_ahead):
         images = batch[keys.IMAGE].to(device)
         if len(images) == 0:
-            yield batch, images, torch.empty(0, len(model.output_names)), None
+            yield batch, torch.empty(0, len(model.output_names)), None
             continue
         if cam_method is not None:
             from chestxr.explain.cam import top_finding_cams
 
             cams = top_finding_cams(model, images, method=cam_method, target_layer=target_layer)
-            yield batch, images, torch.from_numpy(cams.logits), cams
+            yield batch, torch.from_numpy(cams.logits), cams
             continue
         with torch.inference_mode(), autocast(device, precision):
             logits = model(images)
-        yield batch, images, logits.float().cpu(), None
+        yield batch, logits.float().cpu(), None
 
 
 def predict_dataset(
@@ -132,7 +132,7 @@ def predict_dataset(
         "patient_id": [],
         "index": [],
     }
-    for batch, _, logits, _ in infer_batches(model, loader, precision=precision):
+    for batch, logits, _ in infer_batches(model, loader, precision=precision):
         out["logit"].append(logits.numpy())
         out["target"].append(np.asarray(batch[keys.TARGET], dtype=np.float32))
         out["path"].extend(batch[keys.PATH])
@@ -213,7 +213,7 @@ def predict_files(
         cam_method=cam_method if cams else None,
         target_layer=target_layer,
     )
-    for batch, _, logits, maps in batches:
+    for batch, logits, maps in batches:
         bad += batch[FAILED]
         paths = batch[keys.PATH]
         if not paths:

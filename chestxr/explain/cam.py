@@ -132,7 +132,7 @@ def activations_and_gradients(
 
     :func:`explaining_pass` with the logits left out; see there.
     """
-    _, acts, grads = explaining_pass(model, images, target_layer, outputs)
+    _, _, acts, grads = explaining_pass(model, images, target_layer, outputs)
     return acts, grads
 
 
@@ -145,7 +145,7 @@ def explaining_pass(
     images: torch.Tensor | np.ndarray,
     target_layer: str,
     outputs: OutputChoice = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, list[int], torch.Tensor, torch.Tensor]:
     """One forward pass, then ``d(logit_k)/dA`` for each output ``k`` with respect to ``A`` only.
 
     The pass's logits are returned too, so a caller that needs scores and maps runs the network
@@ -165,8 +165,8 @@ def explaining_pass(
             detached ``(B, K)`` logits returning the indices (e.g. each image's top finding).
 
     Returns:
-        The detached logits ``(B, K)``, ``A`` ``(B, c, h, w)`` and the gradients
-        ``(len(outputs), B, c, h, w)``.
+        The detached logits ``(B, K)``, the outputs explained, ``A`` ``(B, c, h, w)`` and the
+        gradients ``(len(outputs), B, c, h, w)``.
 
     Raises:
         ValueError: bad ``images`` shape, an output index out of range, ``target_layer`` not
@@ -207,7 +207,7 @@ def explaining_pass(
             torch.autograd.grad(logits[:, k].sum(), acts, retain_graph=i < len(wanted) - 1)[0]
             for i, k in enumerate(wanted)
         ]
-    return logits.detach(), acts.detach(), torch.stack(grads)
+    return logits.detach(), wanted, acts.detach(), torch.stack(grads)
 
 
 class BaseCAM:
@@ -354,17 +354,7 @@ def explain(
         ValueError: an unknown method, or see :func:`explaining_pass`.
     """
     classes = [CAM_REGISTRY[m] for m in check_methods(methods, key="method")]
-    chosen: list[int] = []
-
-    def choose(logits: torch.Tensor) -> list[int]:
-        if outputs is None:
-            picked: Sequence[int] = range(logits.shape[1])
-        else:
-            picked = outputs(logits) if callable(outputs) else outputs
-        chosen.extend(int(k) for k in picked)
-        return chosen
-
-    logits, acts, grads = explaining_pass(model, images, target_layer, choose)
+    logits, chosen, acts, grads = explaining_pass(model, images, target_layer, outputs)
     size = tuple(torch.as_tensor(images).shape[-2:])
     maps = {
         cls.name: torch.stack([cls.maps(acts, g, size) for g in grads], dim=1)
@@ -449,16 +439,17 @@ def top_finding_cams(
     map explains its most probable finding, chosen from the logits of the same pass, and only the
     outputs needed get a gradient.
     """
-    top: list[np.ndarray] = []
-
-    def most_probable(logits: torch.Tensor) -> list[int]:
-        top.append(logits.argmax(dim=1).cpu().numpy())  # sigmoid is monotonic
-        return sorted({int(i) for i in top[0]})
-
-    res = explain(model, images, methods=[method], target_layer=target_layer, outputs=most_probable)
-    column = np.searchsorted(res.outputs, top[0])
-    maps = res.maps[method][np.arange(len(top[0])), column]
-    return TopFindingCams(maps, top[0], res.logits)
+    res = explain(
+        model,
+        images,
+        methods=[method],
+        target_layer=target_layer,
+        outputs=lambda logits: sorted(set(logits.argmax(dim=1).tolist())),  # sigmoid: monotonic
+    )
+    explained = res.logits.argmax(axis=1)  # the same choice, on the same logits
+    column = np.searchsorted(res.outputs, explained)
+    maps = res.maps[method][np.arange(len(explained)), column]
+    return TopFindingCams(maps, explained, res.logits)
 
 
 #: The registered method names (kept for callers that import the tuple).
