@@ -373,3 +373,35 @@ def test_unusable_cache_folder_is_named(tmp_path):
     dm = module(make_set(tmp_path), blocker / "cache")
     with pytest.raises(CacheError, match=str(blocker / "cache")):
         dm.dataset("val")
+
+
+def _open_store(folder: str, start, queue) -> None:
+    """One process opening the cache index the moment ``start`` is set."""
+    from chestxr.data.cache import CacheStore
+
+    start.wait(30)
+    try:
+        CacheStore(folder, settings="s")
+        queue.put(None)
+    except Exception as err:  # reported to the parent, which names it
+        queue.put(repr(err))
+
+
+def test_processes_opening_a_new_cache_together_all_succeed(tmp_path):
+    """DDP ranks (or DataLoader workers) open a cache folder nobody has used yet at the same
+    moment. Creating the index used to fail in one of them with "database is locked"
+    (SQLite gives up at once, without waiting, when two connections both upgrade to write)."""
+    ctx = multiprocessing.get_context("fork")
+    failures = []
+    for attempt in range(6):
+        folder = tmp_path / f"c{attempt}"
+        start, queue = ctx.Event(), ctx.Queue()
+        args = (str(folder), start, queue)
+        procs = [ctx.Process(target=_open_store, args=args) for _ in range(8)]
+        for p in procs:
+            p.start()
+        start.set()
+        failures += [r for r in (queue.get(timeout=60) for _ in procs) if r is not None]
+        for p in procs:
+            p.join(timeout=30)
+    assert failures == []

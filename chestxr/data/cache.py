@@ -3,6 +3,8 @@
 Layout of one cache folder (one per preprocessing settings, see ``preprocess_key``)::
 
     index.sqlite        one row per entry (SQLite in WAL mode: many readers, serialised writers)
+    index.lock          taken (flock) while a process opens the index, so ranks opening a new
+                        folder together take turns instead of failing with "database is locked"
     shard-<uuid>.bin    preprocessed images, appended one after another, memory-mapped for reads
 
 Guarantees:
@@ -193,7 +195,12 @@ class CacheStore:
         self._fresh()
         if self._db is None:
             index = self.folder / "index.sqlite"
+            # Processes opening a new folder together (DDP ranks, loader workers) take turns:
+            # SQLite answers "database is locked" at once, without waiting, to one of two
+            # connections that both turn the index to WAL or create its tables.
+            lock_fd = os.open(self.folder / "index.lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
                 db = sqlite3.connect(
                     index, timeout=60.0, isolation_level=None, check_same_thread=False
                 )  # used by one thread at a time (the store's lock)
@@ -206,6 +213,8 @@ class CacheStore:
                     f"cannot use the preprocessing cache index {index}: {err}; delete the folder "
                     f"{self.folder} to start a new cache, or set data.cache=memory or none"
                 ) from err
+            finally:
+                os.close(lock_fd)  # releases the flock
             self._db = db
         return self._db
 
