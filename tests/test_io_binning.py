@@ -52,6 +52,23 @@ def test_fused_clip_bin_scale_equals_windowing_every_pixel_then_binning(k):
         bin_affine(x, 2, 5.0, 5.0)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.int32, np.float64])
+@pytest.mark.parametrize("band", [1, 40, 1 << 18])  # values per band: 1 row, a few rows, all
+def test_binning_in_bands_of_rows_equals_torch_pooling_of_the_clipped_image(
+    monkeypatch, dtype, band
+):
+    """bin_affine clips and bins a band of rows at a time; the bands (a remainder band with a
+    partial block of rows included) and every pixel type give the pooled whole image."""
+    from chestxr.io import binning
+
+    monkeypatch.setattr(binning, "_BAND", band)
+    x = np.random.default_rng(2).integers(-900, 4096, size=(23, 17)).astype(dtype)
+    lo, hi = 100.5, 3000.25
+    for k in (2, 3, 4):
+        expected = (_pool(np.clip(x.astype(np.float64), lo, hi), k) - lo) / (hi - lo)
+        np.testing.assert_allclose(bin_affine(x, k, lo, hi), expected, atol=2e-6)
+
+
 @pytest.mark.parametrize(
     "elements",
     [

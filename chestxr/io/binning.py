@@ -77,13 +77,31 @@ def bin_affine(arr: np.ndarray, k: int, lo: float, hi: float) -> np.ndarray:
     if not hi > lo:
         raise ValueError(f"empty range: lo={lo!r}, hi={hi!r}")
     arr = np.asarray(arr)
-    x = np.empty(arr.shape, np.float32) if k == 1 else _scratch(arr.shape)
-    np.copyto(x, arr, casting="unsafe")
-    np.clip(x, np.float32(lo), np.float32(hi), out=x)
-    out = _block_mean(x, k) if k > 1 else x
-    out -= np.float32(lo)
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    if k == 1:
+        out = _clipped(arr, lo32, hi32, np.empty(arr.shape, np.float32))
+    else:  # a band of rows at a time: the float copy stays in the CPU's cache (~2x faster)
+        rows = max(1, _BAND // (k * arr.shape[1])) * k
+        band = _scratch((min(rows, arr.shape[0]), arr.shape[1]))
+        parts = [
+            _block_mean(_clipped(arr[s : s + rows], lo32, hi32, band[: len(arr[s : s + rows])]), k)
+            for s in range(0, arr.shape[0], rows)
+        ]
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    out -= lo32
     out *= np.float32(1.0 / (hi - lo))
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+_BAND = 1 << 18  # float32 values (1 MiB) per band of rows that bin_affine clips and bins
+
+
+def _clipped(arr: np.ndarray, lo: np.float32, hi: np.float32, out: np.ndarray) -> np.ndarray:
+    """``clip(arr, lo, hi)`` as float32 into ``out`` (one pass where ``arr`` casts safely)."""
+    if np.can_cast(arr.dtype, np.float32):  # (u)int8/16, float16/32: clipped as converted
+        return np.clip(arr, lo, hi, out=out)
+    np.copyto(out, arr, casting="unsafe")
+    return np.clip(out, lo, hi, out=out)
 
 
 _local = threading.local()
@@ -92,8 +110,8 @@ _local = threading.local()
 def _scratch(shape: tuple[int, ...]) -> np.ndarray:
     """A float32 work array of ``shape``, reused by the next call in this thread.
 
-    A radiograph's full-size float copy is ~10-50 MB; allocating it afresh for each scan makes the
-    kernel map and zero new pages every time, which costs as much as the arithmetic.
+    Allocating it afresh for each scan makes the kernel map and zero new pages every time, which
+    costs as much as the arithmetic.
     """
     size = int(np.prod(shape))
     buf = getattr(_local, "buf", None)
@@ -111,10 +129,14 @@ def _axis_block_mean(x: np.ndarray, k: int, axis: int) -> np.ndarray:
     """Means of consecutive runs of k along ``axis`` (a shorter last run averages what it has)."""
     n = x.shape[axis]
     q, r = divmod(n, k)
+    # k strided slices added up, in order (as a reduction over k would): numpy reduces a short
+    # last axis, or the middle axis of (q, k, W), 2-3x slower than these whole-row additions
     if axis == 0:
-        full = x[: q * k].reshape(q, k, x.shape[1]).sum(axis=1, dtype=np.float32)
+        full = x[0 : q * k : k].copy()
+        for i in range(1, k):
+            full += x[i : q * k : k]
         rest = [x[q * k :].mean(axis=0, dtype=np.float32, keepdims=True)] if r else []
-    else:  # k strided slices added up: numpy reduces a short last axis slowly
+    else:
         full = x[:, 0 : q * k : k].copy()
         for i in range(1, k):
             full += x[:, i : q * k : k]
