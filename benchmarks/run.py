@@ -93,6 +93,7 @@ class Sizes:
     n_dicoms: int = 40  # large DICOMs of sections 2 and 3
     dicom_size: tuple[int, int] = (1536, 2048)
     repeats: int = 3  # passes over the DICOMs (median)
+    inference_turns: int = 5  # runs of each inference way, each between two bare runs
     stream_passes: int = 3  # section 3 reads the DICOMs this many times over (a longer stream)
     main_command_overrides: tuple[str, ...] = ()  # section 6: the README's command as it is
     manifest_rows: int = 200_000
@@ -111,6 +112,7 @@ QUICK = Sizes(
     n_dicoms=4,
     dicom_size=(256, 320),
     repeats=1,
+    inference_turns=1,
     stream_passes=1,
     main_command_overrides=("debug=fast",),
     manifest_rows=20_000,
@@ -513,11 +515,21 @@ def inference(sizes: Sizes, kind: str) -> dict[str, Any]:
         "predict_cam": (predict, len(ds)),
     }[kind]
     # the bare forward, timed in turn with this way in this process: the ratio's baseline
+    # each run of this way is compared with the bare runs just before and after it (the machine's
+    # speed drifts over minutes); the ratio is the median over the turns
     ways = {"bare": partial(bare, len(x)), kind: partial(run, n)}
-    times = measure(ways, sizes.repeats, {kind: warmup})
+    turns = sizes.inference_turns
+    times = measure(ways, {kind: turns, "bare": turns + 1}, {kind: warmup})
+    per_bare = [t / (len(x) * batches) for t in times["bare"]]
+    if kind == "bare":  # one way, its runs on both sides
+        times = {"bare": times["bare"][1:]}
+    ratios = [  # the bare way against itself: the bare runs before and after each turn
+        (per_bare[t] + per_bare[t + 1]) / 2 / (times[kind][t] / n) for t in range(turns)
+    ]
     return {
         "scans_per_s": rate(n, times[kind]),
-        "ratio_to_bare": rate(n, times[kind]) / rate(len(x) * batches, times["bare"]),
+        "ratio_to_bare": statistics.median(ratios),
+        "ratios": ratios,
         "scans": n,
         "batch": sizes.batch,
         "peak_rss_mb": peak_rss_mb(),
@@ -690,7 +702,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         m = inf[name]
         value = f"{m['scans_per_s']:.1f} scans/s, peak {m['peak_rss_mb']['ru_maxrss']:.0f} MB"
         bare = m["scans_per_s"] / m["ratio_to_bare"]
-        ratio = f"{m['ratio_to_bare']:.2f} x bare ({bare:.1f} scans/s in the same process)"
+        ratio = f"{m['ratio_to_bare']:.2f} x bare ({bare:.1f} scans/s in the same process"
+        ratio += f"; per turn {_ratios(m['ratios'])})" if name != "bare" else ")"
         goal = INFERENCE_TARGETS.get(name)
         target = f">= {goal:.2f}: {_met(m['ratio_to_bare'] >= goal)}" if goal else ""
         out.append(("3 inference", label, value, ratio, target))

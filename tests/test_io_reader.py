@@ -235,6 +235,36 @@ def test_unsigned_12_bits_in_16_allocated_ignores_high_bits(tmp_path):
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("words", "bits_stored", "signed"),
+    [
+        ([[0, 1000, 4095, 17]], 12, 0),  # clean unsigned 12-bit: the view is used as it is
+        ([[0xF000, 0x1234, 0xFFFF, 7]], 12, 0),  # junk above bit 11
+        ([[0xF800, 0xFFFF, 0, 0x07FF]], 12, 1),  # signed, already sign-extended
+        ([[0x0800, 0xFFFF, 0, 0x07FF]], 12, 1),  # signed, high bits not extended
+        ([[0, 65535, 300, 40000]], 16, 0),
+        ([[0x8000, 0x7FFF, 0xFFFF, 1]], 16, 1),
+        ([[0, 255, 0x1FF, 0x300]], 8, 0),  # 8 bits stored in 16 allocated
+    ],
+)
+def test_native_pixels_read_in_place_equal_pydicoms_corrected_array(
+    tmp_path, words, bits_stored, signed
+):
+    """The reader takes a view of uncompressed grey pixels and clears unused high bits only when
+    one is set: the stored values are those of pydicom's default (copying, correcting) decode."""
+    from chestxr.io.dicom import _decode, read_dicom_dataset
+
+    ds = make_ds(np.array(words, dtype=np.uint16), bits_stored=bits_stored)
+    ds.PixelRepresentation = signed
+    path = write_dicom(ds, tmp_path / "native.dcm")
+    expected = pydicom.dcmread(path).pixel_array
+    got, photometric = _decode(path, read_dicom_dataset(path), frame=None, max_pixels=10**6)
+    assert photometric == "MONOCHROME2"
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    assert read_radiograph(path).flags.writeable  # never a view of the file's bytes
+
+
 def test_constant_image_gives_zeros(tmp_path):
     path = write_dicom(make_ds(np.full((4, 5), 777, dtype=np.uint16)), tmp_path / "c.dcm")
     for voi in ("header", "minmax"):

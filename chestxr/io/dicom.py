@@ -257,9 +257,15 @@ def _decode(
     if not photometric and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
         logger.warning("%s: no Photometric Interpretation, assuming MONOCHROME2", path)
         ds.PhotometricInterpretation = photometric = "MONOCHROME2"
+    options = as_pixel_options(ds)
+    # Native grey pixels: a read-only view of the file's bytes (pydicom copies them, then copies
+    # again to clear unused high bits); the bits are cleared below only where one is set.
+    in_place = not tsyntax.is_encapsulated and photometric in _MONOCHROME and "PixelData" in ds
+    if in_place:
+        options.update(view_only=True, correct_unused_bits=False)
     try:
         arr, changes = decoder.as_array(
-            ds, index=frame if frames > 1 else None, validate=True, **as_pixel_options(ds)
+            ds, index=frame if frames > 1 else None, validate=True, **options
         )
     except Exception as err:
         raise RadiographReadError(
@@ -273,7 +279,28 @@ def _decode(
             path, f"pixel data could not be decoded ({tsyntax.name}): decoder crashed: {err}"
         ) from err
     photometric = str(changes.get("photometric_interpretation", photometric)).strip().upper()
+    if in_place:
+        arr = _unused_bits_cleared(arr, int(options.get("bits_stored") or 0))
     return arr, photometric
+
+
+def _unused_bits_cleared(arr: np.ndarray, bits_stored: int) -> np.ndarray:
+    """Stored integers with the bits above Bits Stored ignored, as pydicom's
+    ``correct_unused_bits`` leaves them (PS3.5 8.1.1: those bits may hold anything, e.g. an old
+    overlay), sign-extended where signed; ``arr`` itself when none of them changes a value."""
+    bits = arr.dtype.itemsize * 8
+    if arr.dtype.kind not in "ui" or not 0 < bits_stored < bits or arr.size == 0:
+        return arr
+    if arr.dtype.kind == "u":
+        lowest, highest = 0, (1 << bits_stored) - 1
+    else:
+        lowest, highest = -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
+    if arr.min() >= lowest and arr.max() <= highest:
+        return arr
+    out = np.array(arr)  # shifting left then right (arithmetic if signed) drops the high bits
+    np.left_shift(out, bits - bits_stored, out=out)
+    np.right_shift(out, bits - bits_stored, out=out)
+    return out
 
 
 def _header_int(path: str | PathLike[str], ds: Dataset, keyword: str, default: int = 0) -> int:
