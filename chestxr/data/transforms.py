@@ -12,13 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from monai.transforms import (
-    Compose,
-    EnsureTyped,
-    Resized,
-    SpatialPadd,
-    Transform,
-)
+import torch
+import torch.nn.functional as F
+from monai.transforms import Compose, EnsureTyped, MapTransform, Transform
 
 from chestxr import keys
 from chestxr.io import DEFAULT_MAX_PIXELS, LoadRadiographd
@@ -61,17 +57,50 @@ def preprocessing(
         bin_to=image_size if binning else None,
         bin_side="longest" if resize == "pad" else "shortest",
     )
-    if resize == "pad":
-        spatial: list[Transform] = [
-            Resized(keys.IMAGE, image_size, size_mode="longest", mode="area"),
-            SpatialPadd(keys.IMAGE, (image_size, image_size), method="symmetric"),
-        ]
-    else:
-        spatial = [Resized(keys.IMAGE, (image_size, image_size), mode="area")]
+    spatial = ResizeToSquared(keys.IMAGE, image_size, resize)
     tensors = EnsureTyped(
         [keys.IMAGE, keys.TARGET], dtype=np.float32, track_meta=False, allow_missing_keys=True
     )
-    return [load, *spatial, tensors]
+    return [load, spatial, tensors]
+
+
+class ResizeToSquared(MapTransform):
+    """The image ``(1, H, W)`` to ``(1, S, S)``: ``pad`` resizes the longest side to S (area
+    interpolation) and pads the other symmetrically with zeros; ``stretch`` resizes both sides.
+
+    The same numbers as MONAI's ``Resized(S, size_mode="longest", mode="area")`` then
+    ``SpatialPadd((S, S), method="symmetric")`` (or ``Resized((S, S), mode="area")``), computed
+    on plain tensors: MONAI's MetaTensor bookkeeping cost as much as the interpolation itself,
+    on the thread that reads scans while the network runs. A test holds the two equal.
+    """
+
+    def __init__(self, keys: str | Sequence[str], size: int, resize: str = "pad") -> None:
+        super().__init__(keys)
+        if resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
+        self.size, self.resize = int(size), resize
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.apply(d[key])
+        return d
+
+    def apply(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """One channel-first 2-D image to a float32 ``(C, S, S)`` tensor."""
+        img = torch.as_tensor(image).float()
+        h, w = img.shape[-2:]
+        if self.resize == "stretch":
+            out_size = (self.size, self.size)
+        else:  # as MONAI rounds the longest-side scale
+            scale = self.size / max(h, w)
+            out_size = (round(h * scale), round(w * scale))
+        if out_size != (h, w):
+            img = F.interpolate(img[None], size=out_size, mode="area")[0]
+        dh, dw = self.size - out_size[0], self.size - out_size[1]
+        if dh or dw:  # symmetric: the odd pixel goes after the image, as in MONAI
+            img = F.pad(img, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+        return img.contiguous()
 
 
 def geometry(orig_shape: Sequence[int], image_size: int, resize: str = "pad") -> dict[str, float]:

@@ -291,11 +291,10 @@ def _unused_bits_cleared(arr: np.ndarray, bits_stored: int) -> np.ndarray:
     bits = arr.dtype.itemsize * 8
     if arr.dtype.kind not in "ui" or not 0 < bits_stored < bits or arr.size == 0:
         return arr
-    if arr.dtype.kind == "u":
-        lowest, highest = 0, (1 << bits_stored) - 1
-    else:
-        lowest, highest = -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
-    if arr.min() >= lowest and arr.max() <= highest:
+    if arr.dtype.kind == "u":  # one pass: the largest value tells
+        if arr.max() < (1 << bits_stored):
+            return arr
+    elif -(1 << (bits_stored - 1)) <= arr.min() and arr.max() < (1 << (bits_stored - 1)):
         return arr
     out = np.array(arr)  # shifting left then right (arithmetic if signed) drops the high bits
     np.left_shift(out, bits - bits_stored, out=out)
