@@ -14,7 +14,7 @@ import pydicom
 import pytest
 import torch
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from chestxr.models.module import ChestXRClassifier
 from chestxr.serve.metrics import Metrics
@@ -449,6 +449,58 @@ def test_an_unreadable_result_is_set_aside_and_the_next_is_still_sent(
     assert [p.name for p in (tmp_path / "results/rejected").iterdir()] == ["a.sr.dcm"]
     assert len(pacs.stored) == 1 and metrics.snapshot()["sent"] == 1
     assert "a.sr.dcm" in caplog.text and "InvalidDicomError" in caplog.text
+
+
+@pytest.mark.parametrize("pacs_syntax", ["explicit", "implicit"])
+def test_a_result_arrives_as_written_whichever_syntax_the_pacs_accepts(
+    ckpt: Path, tmp_path: Path, pacs_syntax: str, monkeypatch
+) -> None:
+    """Where the PACS accepts the file's transfer syntax the file's bytes are sent as they are
+    (no decoding and encoding again); where it does not, pynetdicom converts. Either way the PACS
+    holds the same data set as the file."""
+    from pynetdicom import AE, evt
+
+    from chestxr.serve import results
+    from chestxr.serve.sender import Destination, Sender
+    from chestxr.serve.worker import Scorer
+
+    syntax = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian}[pacs_syntax]
+    received: list[tuple[pydicom.Dataset, str]] = []
+
+    def handle(event) -> int:
+        received.append((event.dataset, str(event.context.transfer_syntax)))
+        return 0x0000
+
+    ae = AE(ae_title="PACS")
+    for sop in RESULT_SOP_CLASSES:
+        ae.add_supported_context(sop, [syntax])
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)]
+    )
+    outbox = tmp_path / "results/outbox"
+    scorer = Scorer(ckpt, cams=False)
+    ds = pydicom.dcmread(make_radiograph(tmp_path / "src.dcm"), stop_before_pixels=True)
+    sr = results.write_sr(
+        ds, {"outputs": scorer.outputs(np.array([0.7]))}, scorer.info, outbox / "k.sr.dcm"
+    )
+    written = pydicom.dcmread(sr)
+    sender = Sender(outbox, Destination("127.0.0.1", port, "PACS"), Metrics(), max_rejections=1)
+    decoded = []
+    real_dcmread = pydicom.dcmread
+    monkeypatch.setattr(
+        pydicom, "dcmread", lambda f, *a, **k: decoded.append(f) or real_dcmread(f, *a, **k)
+    )
+    try:
+        assert sender.send(sender.waiting()) == 1
+    finally:
+        server.shutdown()
+    assert decoded == ([] if pacs_syntax == "explicit" else [sr])  # sent as bytes where it can
+    assert len(received) == 1
+    got, used = received[0]
+    assert used == str(syntax)
+    assert got == written  # every element, sequences included
+    assert written.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from chestxr.serve.metrics import Metrics
@@ -159,10 +161,18 @@ class Sender:
             self._failed(files, f"no association with {dest.ae_title}@{dest.host}:{dest.port}")
             return 0
         ok = 0
+        # a file in a transfer syntax the PACS accepted is sent as its bytes (pynetdicom streams
+        # the file), not decoded and encoded again: for an SR that was most of the sending's cost
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        as_is = {
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
+        }
         try:
             for path in files:
                 try:
-                    ds = pydicom.dcmread(path)
+                    meta = read_file_meta_info(path)
+                    key = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+                    what: Path | Dataset = path if key in as_is else pydicom.dcmread(path)
                 except FileNotFoundError:  # moved away meanwhile: nothing to send
                     self._state.pop(path.name, None)
                     continue
@@ -170,7 +180,7 @@ class Sender:
                     self._set_aside(path, f"unreadable: {type(err).__name__}")
                     continue
                 try:
-                    status = assoc.send_c_store(ds)
+                    status = assoc.send_c_store(what)
                 except (OSError, RuntimeError) as err:  # the transport
                     self._failed([path], f"{type(err).__name__}: {err}")
                     if not assoc.is_established:
