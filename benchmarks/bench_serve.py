@@ -2,7 +2,8 @@
 
 ``PYTHONPATH=. python benchmarks/bench_serve.py [N] [ASSOCIATIONS]`` (needs Debian's ``orthanc``)
 
-1. **load**: N synthetic radiographs (512 px) over several concurrent associations into a node
+1. **load**: N synthetic radiographs (512 px) over several concurrent associations (DCMTK's
+   ``storescu`` processes where installed, as a modality sends) into a node
    (Grad-CAM off, a 224 px model as chestxr trains for real data) whose destination is a real
    Orthanc; throughput against the bare batched
    forward of the same model (same batch size; both warmed up first; the bare figure is the
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -46,7 +48,7 @@ from tests.test_serve import (  # noqa: E402
     start_node_process,
     wait_for,
 )
-from tests.test_serve_e2e import rest, start_orthanc  # noqa: E402
+from tests.test_serve_e2e import dcmtk_storescu, rest, start_orthanc  # noqa: E402
 
 log = logging.getLogger("bench_serve")
 BATCH = 8
@@ -89,6 +91,21 @@ def send_all(port: int, files: list[Path], associations: int, acked: dict[str, f
         t.start()
     for t in threads:
         t.join()
+
+
+def send_storescu(storescu: str, port: int, files: list[Path], associations: int) -> int:
+    """C-STORE ``files`` with DCMTK's storescu, ``associations`` processes at once (a real
+    modality, outside the node's process); returns how many processes ended without error."""
+    procs = [
+        subprocess.Popen(
+            [storescu, "-aet", "MODALITY", "-aec", "CHESTXR", "127.0.0.1", str(port)]
+            + [str(p) for p in files[i::associations]],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(associations)
+    ]
+    return sum(p.wait(timeout=900) == 0 for p in procs)
 
 
 def results_per_source(http: int) -> dict[str, int]:
@@ -140,8 +157,13 @@ def load_run(ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: 
         wait_for(lambda: len(rest(http, "/instances")) >= len(warm), timeout=300)
         before = len(node.metrics.latencies("sent"))
         acked: dict[str, float] = {}
+        storescu = dcmtk_storescu()
         t = time.perf_counter()
-        send_all(cfg["port"], files, assoc, acked)
+        if storescu:  # the modality in processes of its own, as in a hospital
+            ok = send_storescu(storescu, cfg["port"], files, assoc)
+            acked = {str(p): 0.0 for p in files} if ok == assoc else {}
+        else:  # threads of this process: they take the node's interpreter lock too
+            send_all(cfg["port"], files, assoc, acked)
         wait_for(lambda: len(rest(http, "/instances")) >= len(warm) + len(files), timeout=900)
         elapsed = time.perf_counter() - t
         lat = np.asarray(node.metrics.latencies("sent")[before:])
@@ -151,6 +173,7 @@ def load_run(ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: 
         orthanc.terminate()
         orthanc.wait(timeout=60)
     return {
+        "modality": "DCMTK storescu processes" if storescu else "pynetdicom threads (no DCMTK)",
         "node_img_s": len(files) / elapsed,
         "latency_p50_s": float(np.percentile(lat, 50)),
         "latency_p95_s": float(np.percentile(lat, 95)),
