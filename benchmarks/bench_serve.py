@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,6 +53,8 @@ from tests.test_serve_e2e import dcmtk_storescu, rest, start_orthanc  # noqa: E4
 
 log = logging.getLogger("bench_serve")
 BATCH = 8
+# how the node sends its results, as conf/serve.yaml ships it
+SENDING = {"associations": OmegaConf.load(ROOT / "conf/serve.yaml").destination.associations}
 MODEL_PX = 224  # the input size of chestxr's real-data experiments
 SOURCE_PX = 512
 
@@ -150,7 +153,7 @@ def load_run(ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: 
 
     cfg = node_config(ckpt, tmp / "load/state", cams=False, batch_size=BATCH, http_port=None)
     orthanc, http, dicom = start_orthanc(tmp / "load/orthanc", cfg["port"])
-    cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC"}
+    cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC", **SENDING}
     node = Node(cfg).start()
     try:
         send_all(cfg["port"], warm, 1, {})  # warm-up of the whole path
@@ -158,14 +161,17 @@ def load_run(ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: 
         before = len(node.metrics.latencies("sent"))
         acked: dict[str, float] = {}
         storescu = dcmtk_storescu()
-        t = time.perf_counter()
+        t, start_ns = time.perf_counter(), time.time_ns()
         if storescu:  # the modality in processes of its own, as in a hospital
             ok = send_storescu(storescu, cfg["port"], files, assoc)
             acked = {str(p): 0.0 for p in files} if ok == assoc else {}
         else:  # threads of this process: they take the node's interpreter lock too
             send_all(cfg["port"], files, assoc, acked)
+        sent_s = time.perf_counter() - t
         wait_for(lambda: len(rest(http, "/instances")) >= len(warm) + len(files), timeout=900)
         elapsed = time.perf_counter() - t
+        records = (tmp / "load/state/spool/done").glob("*.json")
+        received = sorted(json.loads(r.read_text())["received_ns"] for r in records)[len(warm) :]
         lat = np.asarray(node.metrics.latencies("sent")[before:])
         per = results_per_source(http)
     finally:
@@ -175,6 +181,10 @@ def load_run(ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: 
     return {
         "modality": "DCMTK storescu processes" if storescu else "pynetdicom threads (no DCMTK)",
         "node_img_s": len(files) / elapsed,
+        "elapsed_s": elapsed,
+        "modality_done_s": sent_s,  # every C-STORE answered
+        "first_received_s": (received[0] - start_ns) / 1e9 if received else None,
+        "last_received_s": (received[-1] - start_ns) / 1e9 if received else None,
         "latency_p50_s": float(np.percentile(lat, 50)),
         "latency_p95_s": float(np.percentile(lat, 95)),
         "acknowledged": len(acked),
@@ -185,7 +195,7 @@ def load_run(ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: 
 def kill_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int) -> dict:
     cfg = node_config(ckpt, tmp / "kill/state", cams=False, batch_size=BATCH, http_port=None)
     orthanc, http, dicom = start_orthanc(tmp / "kill/orthanc", cfg["port"])
-    cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC"}
+    cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC", **SENDING}
     node_log = tmp / "kill/node.log"
     proc = start_node_process(cfg, node_log)
     acked: dict[str, float] = {}
@@ -247,7 +257,7 @@ def pacs_down_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int, down_s: 
         retry={"backoff_s": 0.5, "backoff_max_s": 4.0, "max_rejections": 5},
     )
     orthanc, http, dicom = start_orthanc(tmp / "down/orthanc", cfg["port"])
-    cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC"}
+    cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC", **SENDING}
     node = Node(cfg).start()
     try:
         half = len(files) // 2

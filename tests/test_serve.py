@@ -451,6 +451,60 @@ def test_an_unreadable_result_is_set_aside_and_the_next_is_still_sent(
     assert "a.sr.dcm" in caplog.text and "InvalidDicomError" in caplog.text
 
 
+def test_results_go_over_several_associations_at_once_each_file_once(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    """With ``destination.associations: 3`` the outbox is split over three concurrent
+    associations (a PACS stores in parallel; Orthanc takes ~90 ms per instance on one); every
+    result arrives exactly once and leaves the outbox."""
+    import threading
+
+    from chestxr.serve import results
+    from chestxr.serve.sender import Destination, Sender
+    from chestxr.serve.worker import Scorer
+
+    pacs = FakePacs(free_port())
+    associations: set[int] = set()
+    at_once, busy, lock = [0], [0], threading.Lock()
+    record = pacs._handle
+
+    def handle(event) -> int:
+        with lock:
+            associations.add(id(event.assoc))
+            busy[0] += 1
+            at_once[0] = max(at_once[0], busy[0])
+        time.sleep(0.05)  # a PACS taking its time to store
+        with lock:
+            busy[0] -= 1
+        return record(event)
+
+    pacs._handle = handle
+    pacs.start()
+    outbox = tmp_path / "results/outbox"
+    scorer = Scorer(ckpt, cams=False)
+    builder = results.ReportBuilder(scorer.info)
+    for i in range(9):
+        ds = pydicom.dcmread(
+            make_radiograph(tmp_path / f"s{i}.dcm", seed=i), stop_before_pixels=True
+        )
+        result = {"outputs": scorer.outputs(np.array([0.1 * i]))}
+        results.write_sr(ds, result, scorer.info, outbox / f"k{i}.sr.dcm", builder)
+    dest = Destination("127.0.0.1", pacs.port, "PACS", associations=3)
+    sender = Sender(outbox, dest, Metrics(), max_rejections=3)
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: not sender.waiting(), timeout=30)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        pacs.stop()
+    assert len(pacs.stored) == 9 and all(n == 1 for _, _, n in pacs.stored.values())
+    assert len(associations) == 3 and at_once[0] >= 2
+    assert len(list((tmp_path / "results/sent").glob("*.dcm"))) == 9
+
+
 @pytest.mark.parametrize("pacs_syntax", ["explicit", "implicit"])
 def test_a_result_arrives_as_written_whichever_syntax_the_pacs_accepts(
     ckpt: Path, tmp_path: Path, pacs_syntax: str, monkeypatch

@@ -40,7 +40,13 @@ class Node:
         dest = cfg.get("destination") or {}
         self.sender = Sender(
             self.outbox,
-            Destination(dest["host"], int(dest["port"]), dest["ae_title"], cfg["ae_title"])
+            Destination(
+                dest["host"],
+                int(dest["port"]),
+                dest["ae_title"],
+                cfg["ae_title"],
+                associations=int(dest.get("associations", 1)),
+            )
             if dest.get("host")
             else None,
             self.metrics,

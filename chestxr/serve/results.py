@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DS
 
 from chestxr.serve import adapter
 from chestxr.utils.files import atomic_write_bytes
@@ -105,9 +107,15 @@ def build_sr(source: Dataset, result: dict[str, Any], info: dict[str, Any]) -> D
         procedure_reported=PLAIN_CHEST_XRAY,
         imaging_measurements=groups,
     )
+    return _document(source, info, report[0])
+
+
+def _document(source: Dataset, info: dict[str, Any], content: Dataset) -> hd.sr.Comprehensive3DSR:
+    """The SR document of ``source`` around ``content`` (the report's root container)."""
+    version = info["model_version"]
     return hd.sr.Comprehensive3DSR(
         evidence=[source],
-        content=report[0],
+        content=content,
         series_instance_uid=derived_uid(source.SOPInstanceUID, version, "sr-series"),
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=derived_uid(source.SOPInstanceUID, version, "sr"),
@@ -115,6 +123,116 @@ def build_sr(source: Dataset, result: dict[str, Any], info: dict[str, Any]) -> D
         manufacturer="chestxr",
         series_description=f"chestxr AI result ({RESEARCH_ONLY.lower()})",
     )
+
+
+_TRACKING_UID = ("112040", "DCM")
+_PROBABILITY = (codes.DCM.Probability.value, codes.DCM.Probability.scheme_designator)
+
+
+def _concept(item: Dataset) -> tuple[str, str] | None:
+    names = item.get("ConceptNameCodeSequence")
+    return (str(names[0].CodeValue), str(names[0].CodingSchemeDesignator)) if names else None
+
+
+class ReportBuilder:
+    """Builds the SR of each scored instance ~4x faster than :func:`build_sr`, equal to it.
+
+    highdicom builds the whole SR of the first instance of a model, and from then on only the
+    document around the content (patient, study, evidence, equipment: cheap); the measurement
+    content is the first one's, with each instance's own values put in (tracking UIDs, the
+    source image reference, probabilities, decisions). A test holds the result equal to
+    :func:`build_sr` element for element over varied sources and results; the time
+    (``build_sr`` ~22 ms, most of it highdicom re-reading the content tree it was given) was
+    most of the node's work per instance.
+
+    Args:
+        info: the model description from :func:`chestxr.serve.adapter.load`.
+    """
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self._content: dict[tuple, bytes] = {}  # layout -> the root content item, encoded
+        self._lock = threading.Lock()
+
+    def build(self, source: Dataset, result: dict[str, Any]) -> Dataset:
+        """The SR of ``source`` scored as ``result`` (see :func:`build_sr`)."""
+        layout = tuple((o["name"], float(o["threshold"])) for o in result["outputs"])
+        with self._lock:
+            encoded = self._content.get(layout)
+        if encoded is None:
+            sr = build_sr(source, result, self.info)
+            root = Dataset()
+            for tag in _ROOT_CONTENT_TAGS:
+                if tag in sr:
+                    root[tag] = sr[tag]
+            with self._lock:
+                self._content[layout] = _encode(root)
+            return sr
+        content = pydicom.dcmread(io.BytesIO(encoded), force=True)
+        self._fill(content, source, result)
+        stub = hd.sr.ContainerContentItem(
+            name=codes.DCM.ImagingMeasurementReport, template_id="1500"
+        )
+        stub.ContentSequence = hd.sr.ContentSequence(
+            [hd.sr.TextContentItem(name=codes.DCM.Comment, value="-", relationship_type="CONTAINS")]
+        )
+        sr = _document(source, self.info, stub)
+        for tag in _ROOT_CONTENT_TAGS:
+            if tag in sr:
+                del sr[tag]
+        for element in content:
+            sr[element.tag] = element
+        return sr
+
+    def _fill(self, content: Dataset, source: Dataset, result: dict[str, Any]) -> None:
+        version = self.info["model_version"]
+        measurements = next(
+            item
+            for item in content.ContentSequence
+            if _concept(item) == ("126010", "DCM")  # Imaging Measurements
+        )
+        groups = [i for i in measurements.ContentSequence if i.ValueType == "CONTAINER"]
+        if len(groups) != len(result["outputs"]):
+            raise ValueError(
+                f"{len(groups)} measurement groups for {len(result['outputs'])} outputs"
+            )
+        for i, (group, out) in enumerate(zip(groups, result["outputs"], strict=True)):
+            finding = _finding(out["name"])
+            finding_key = (finding.value, finding.scheme_designator)
+            present = codes.SCT.Present if out["decision"] else codes.SCT.Absent
+            filled = set()
+            for item in group.ContentSequence:
+                concept = _concept(item)
+                if item.ValueType == "UIDREF" and concept == _TRACKING_UID:
+                    item.UID = derived_uid(source.SOPInstanceUID, version, f"group{i}")
+                elif item.ValueType == "IMAGE":
+                    ref = item.ReferencedSOPSequence[0]
+                    ref.ReferencedSOPClassUID = source.SOPClassUID
+                    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+                elif item.ValueType == "NUM" and concept == _PROBABILITY:
+                    value = item.MeasuredValueSequence[0]
+                    value.NumericValue = DS(float(out["probability"]), auto_format=True)
+                    value.FloatingPointValue = float(out["probability"])
+                elif item.ValueType == "CODE" and concept == finding_key:
+                    code = item.ConceptCodeSequence[0]
+                    code.CodeValue = present.value
+                    code.CodingSchemeDesignator = present.scheme_designator
+                    code.CodeMeaning = present.meaning
+                else:
+                    continue
+                filled.add(item.ValueType)
+            if filled != {"UIDREF", "IMAGE", "NUM", "CODE"}:  # the layout is not what we fill
+                raise ValueError(f"measurement group {i} lacks {set(_FILLED) - filled} items")
+
+
+_FILLED = ("UIDREF", "IMAGE", "NUM", "CODE")
+_ROOT_CONTENT_TAGS = (0x0040A040, 0x0040A043, 0x0040A050, 0x0040A504, 0x0040A730)
+
+
+def _encode(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, implicit_vr=False, little_endian=True)
+    return buffer.getvalue()
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -195,9 +313,15 @@ def build_sc(
     return atomic_write_bytes(out_path, buffer.getvalue(), overwrite=True)
 
 
-def write_sr(source: Dataset, result: dict[str, Any], info: dict[str, Any], out_path: Path) -> Path:
-    """Write the SR of one scored instance atomically."""
-    sr = build_sr(source, result, info)
+def write_sr(
+    source: Dataset,
+    result: dict[str, Any],
+    info: dict[str, Any],
+    out_path: Path,
+    builder: ReportBuilder | None = None,
+) -> Path:
+    """Write the SR of one scored instance atomically (built by ``builder`` when given)."""
+    sr = builder.build(source, result) if builder is not None else build_sr(source, result, info)
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
     return atomic_write_bytes(out_path, buffer.getvalue(), overwrite=True)

@@ -18,6 +18,7 @@ from pynetdicom.sop_class import (
 )
 
 from chestxr.serve.metrics import Metrics
+from chestxr.serve.sender import no_delay
 from chestxr.serve.spool import Spool
 from chestxr.utils.ids import anonymous_id
 
@@ -55,6 +56,9 @@ def make_store_handler(
     return handle
 
 
+MAX_PDU_BYTES = 4 * 1024 * 1024  # the largest PDU we accept (declared at association)
+
+
 def make_ae(ae_title: str, allowed_calling: Sequence[str]) -> AE:
     """An AE accepting the radiograph storage SOP classes (any transfer syntax) and C-ECHO,
     from ``allowed_calling`` AE titles only (an empty list would accept anyone: refused).
@@ -72,6 +76,9 @@ def make_ae(ae_title: str, allowed_calling: Sequence[str]) -> AE:
         ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     ae.maximum_associations = 16
+    # receive an instance in few PDUs: pynetdicom reads one PDU per turn of its reactor (with a
+    # 1 ms sleep between turns), so a 512 px CR in the default 16 KB PDUs took ~40 turns
+    ae.maximum_pdu_size = MAX_PDU_BYTES
     return ae
 
 
@@ -96,7 +103,10 @@ def start_scp(
     server = ae.start_server(
         (bind, port),
         block=False,
-        evt_handlers=[(evt.EVT_C_STORE, handler)],
+        evt_handlers=[
+            (evt.EVT_C_STORE, handler),
+            (evt.EVT_CONN_OPEN, lambda event: no_delay(event.assoc)),  # answers leave at once
+        ],
         ssl_context=ssl_context,
     )
     log.info(

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -32,6 +34,19 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 RESULT_SOP_CLASSES = (COMPREHENSIVE_3D_SR, ComprehensiveSRStorage, SecondaryCaptureImageStorage)
 
 
+def no_delay(assoc: Any) -> None:
+    """Turn off Nagle's algorithm on an association's TCP socket.
+
+    pynetdicom writes a C-STORE's command and data set as separate small writes; with Nagle on,
+    the second can wait for the peer's delayed acknowledgement (~40 ms on Linux): SRs to Orthanc
+    over one association went from 11 to 19 per second with it off. DICOM exchanges are
+    request/response, the case TCP_NODELAY is for.
+    """
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 @dataclass
 class Destination:
     """Where results go: the PACS's host, port and AE title, and ours."""
@@ -41,6 +56,7 @@ class Destination:
     ae_title: str
     calling_ae_title: str = "CHESTXR"
     tls: object | None = None  # an ssl.SSLContext for a TLS destination
+    associations: int = 1  # sent over this many associations at once (a PACS stores in parallel)
 
 
 @dataclass
@@ -107,12 +123,24 @@ class Sender:
                 self.wake.wait(self.poll_s)
                 self.wake.clear()
                 continue
-            batch = due[: self.max_per_association]
-            try:
-                self.send(batch)
-            except Exception as err:  # a bug or an unforeseen error must not end the thread
-                log.error("sending failed: %s: %s", type(err).__name__, err)
-                self._failed(batch, type(err).__name__)
+            n = max(1, int(self.destination.associations))
+            batch = due[: self.max_per_association * n]
+            chunks = [batch[i::n] for i in range(min(n, len(batch)))]
+            if len(chunks) == 1:
+                self._send_logged(chunks[0])
+            else:  # one association per chunk, all at once; files are never in two chunks
+                threads = [threading.Thread(target=self._send_logged, args=(c,)) for c in chunks]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+
+    def _send_logged(self, files: list[Path]) -> None:
+        try:
+            self.send(files)
+        except Exception as err:  # a bug or an unforeseen error must not end the thread
+            log.error("sending failed: %s: %s", type(err).__name__, err)
+            self._failed(files, type(err).__name__)
 
     def _failed(self, files: list[Path], why: str) -> None:
         for p in files:
@@ -160,6 +188,7 @@ class Sender:
         if not assoc.is_established:
             self._failed(files, f"no association with {dest.ae_title}@{dest.host}:{dest.port}")
             return 0
+        no_delay(assoc)
         ok = 0
         # a file in a transfer syntax the PACS accepted is sent as its bytes (pynetdicom streams
         # the file), not decoded and encoded again: for an SR that was most of the sending's cost

@@ -131,6 +131,7 @@ class Worker:
             folder.mkdir(parents=True, exist_ok=True)
         self.batch_size, self.poll_s = batch_size, poll_s
         self.wake = threading.Event()
+        self.reports = results.ReportBuilder(scorer.info)
 
     def run(self, stop: threading.Event) -> None:
         """Loop: claim a batch, score it, record the outcomes."""
@@ -217,7 +218,7 @@ class Worker:
     ) -> list[str]:
         """Build the instance's results in ``staging/``, then move them all into the outbox."""
         kinds = ["sr"]
-        results.write_sr(ds, result, self.scorer.info, self._staged(item, "sr"))
+        results.write_sr(ds, result, self.scorer.info, self._staged(item, "sr"), self.reports)
         if cam is not None:
             rgb = adapter.overlay(item.path, cam, self.scorer.info["preprocess"])
             results.build_sc(ds, rgb, result, self.scorer.info, self._staged(item, "sc"))

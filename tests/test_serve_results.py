@@ -1,0 +1,152 @@
+"""The node's fast SR builder gives the Structured Report highdicom builds, element for element."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from chestxr.serve import results
+from tests.test_serve import make_radiograph
+
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+BINARY = {
+    "model_name": "resnet18-opacity",
+    "model_version": "3f2a9c1d",
+    "chestxr_version": "0.1.0",
+    "config_hash": "0123456789abcdef",
+    "config_hash_source": "run",
+}
+# what highdicom stamps with the time of the build
+NOW = {"InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime"}
+
+
+def outputs(names: list[str], probs: list[float], thresholds: list[float]) -> dict:
+    return {
+        "outputs": [
+            {"name": n, "probability": p, "threshold": t, "decision": p >= t}
+            for n, p, t in zip(names, probs, thresholds, strict=True)
+        ]
+    }
+
+
+def sources(tmp: Path) -> list[Dataset]:
+    """Varied sources: another patient and study each; with and without the attributes that
+    change what highdicom copies (acquisition equipment, character set, extra patient and study
+    attributes, referring physician), a DX as well as CR."""
+    plain = make_radiograph(tmp / "a.dcm", seed=1)
+    rich = make_radiograph(
+        tmp / "b.dcm",
+        seed=2,
+        Manufacturer="ACME",
+        ManufacturerModelName="X1",
+        DeviceSerialNumber="77",
+        SoftwareVersions="4.2",
+        SpecificCharacterSet="ISO_IR 100",
+        PatientAge="054Y",
+        PatientWeight=71.5,
+        StudyDescription="CHEST PA",
+        ReferringPhysicianName="Who^Doctor",
+        PatientName="Müller^Jörg",
+    )
+    out = [pydicom.dcmread(p, stop_before_pixels=True) for p in (plain, rich)]
+    dx = pydicom.dcmread(make_radiograph(tmp / "c.dcm", seed=3), stop_before_pixels=True)
+    dx.SOPClassUID = DX_FOR_PRESENTATION
+    dx.Modality = "DX"
+    return [*out, dx]
+
+
+def canonical(ds: Dataset) -> Dataset:
+    """The SR as a PACS receives it (written and read back), with the build times blanked."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    back = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+    for keyword in NOW:
+        if keyword in back:
+            setattr(back, keyword, "")
+    for item in back.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = ""
+    return back
+
+
+def differences(a: Dataset, b: Dataset, where: str = "") -> list[str]:
+    """Paths of the elements that differ (empty: equal)."""
+    out = []
+    for tag in sorted(set(a.keys()) | set(b.keys())):
+        name = f"{where}/{a.get(tag, b.get(tag)).keyword or tag}"
+        if tag not in a or tag not in b:
+            out.append(f"{name}: only in {'second' if tag not in a else 'first'}")
+        elif a[tag].VR == "SQ":
+            sa, sb = a[tag].value, b[tag].value
+            if len(sa) != len(sb):
+                out.append(f"{name}: {len(sa)} vs {len(sb)} items")
+            for i, (x, y) in enumerate(zip(sa, sb, strict=False)):
+                out += differences(x, y, f"{name}[{i}]")
+        elif a[tag].value != b[tag].value:
+            out.append(f"{name}: {a[tag].value!r} vs {b[tag].value!r}")
+    return out
+
+
+CASES = [
+    (["opacity"], [[0.7], [0.2], [0.5], [1e-7], [0.99999994], [0.123456789012]], [0.5]),
+    (
+        ["effusion", "nodule", "opacity"],
+        [[0.9, 0.1, 0.4], [0.05, 0.8, 0.61], [0.3, 0.3, 0.3]],
+        [0.35, 0.5, 0.6],
+    ),
+]
+
+
+@pytest.mark.parametrize(("names", "probabilities", "thresholds"), CASES)
+def test_fast_sr_equals_highdicoms_for_every_source_and_result(
+    tmp_path, names, probabilities, thresholds
+):
+    info = {**BINARY, "outputs": names}
+    builder = results.ReportBuilder(info)
+    srcs = sources(tmp_path)
+    first = builder.build(srcs[0], outputs(names, probabilities[0], thresholds))
+    assert (
+        differences(
+            canonical(first),
+            canonical(
+                results.build_sr(srcs[0], outputs(names, probabilities[0], thresholds), info)
+            ),
+        )
+        == []
+    )
+    for src in srcs:
+        for probs in probabilities:
+            result = outputs(names, probs, thresholds)
+            fast = canonical(builder.build(src, result))
+            slow = canonical(results.build_sr(src, result, info))
+            assert differences(fast, slow) == [], (src.PatientID, probs)
+    assert len(builder._content) == 1  # one layout: highdicom built the content once
+
+
+def test_fast_sr_carries_this_instances_values(tmp_path):
+    """Not merely equal to highdicom's: the second instance's SR names its own source,
+    probability and decision (a template that kept the first one's would fail here)."""
+    info = {**BINARY, "outputs": ["opacity"]}
+    builder = results.ReportBuilder(info)
+    a, b, _ = sources(tmp_path)
+    builder.build(a, outputs(["opacity"], [0.9], [0.5]))
+    sr = canonical(builder.build(b, outputs(["opacity"], [0.125], [0.5])))
+    assert sr.PatientID == b.PatientID and sr.StudyInstanceUID == b.StudyInstanceUID
+    flat = str(sr)
+    assert b.SOPInstanceUID in flat and a.SOPInstanceUID not in flat
+    assert "0.125" in flat and "Absent" in flat and "Present" not in flat
+
+
+def test_a_layout_the_builder_does_not_know_is_refused(tmp_path):
+    info = {**BINARY, "outputs": ["opacity"]}
+    builder = results.ReportBuilder(info)
+    src = sources(tmp_path)[0]
+    builder.build(src, outputs(["opacity"], [0.9], [0.5]))
+    layout = next(iter(builder._content))
+    content = pydicom.dcmread(io.BytesIO(builder._content[layout]), force=True)
+    with pytest.raises(ValueError, match="measurement groups"):
+        builder._fill(content, src, outputs(["opacity", "nodule"], [0.9, 0.1], [0.5, 0.5]))
