@@ -96,6 +96,12 @@ def send_all(port: int, files: list[Path], associations: int, acked: dict[str, f
         t.join()
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def send_storescu(storescu: str, port: int, files: list[Path], associations: int) -> int:
     """C-STORE ``files`` with DCMTK's storescu, ``associations`` processes at once (a real
     modality, outside the node's process); returns how many processes ended without error."""
@@ -161,6 +167,7 @@ def load_run(ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: 
         before = len(node.metrics.latencies("sent"))
         acked: dict[str, float] = {}
         storescu = dcmtk_storescu()
+        cpu0 = {"node": _cpu_s(os.getpid()), "orthanc": _cpu_s(orthanc.pid)}
         t, start_ns = time.perf_counter(), time.time_ns()
         if storescu:  # the modality in processes of its own, as in a hospital
             ok = send_storescu(storescu, cfg["port"], files, assoc)
@@ -170,6 +177,7 @@ def load_run(ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: 
         sent_s = time.perf_counter() - t
         wait_for(lambda: len(rest(http, "/instances")) >= len(warm) + len(files), timeout=900)
         elapsed = time.perf_counter() - t
+        cpu = {k: _cpu_s(p) - cpu0[k] for k, p in (("node", os.getpid()), ("orthanc", orthanc.pid))}
         records = (tmp / "load/state/spool/done").glob("*.json")
         received = sorted(json.loads(r.read_text())["received_ns"] for r in records)[len(warm) :]
         lat = np.asarray(node.metrics.latencies("sent")[before:])
@@ -182,6 +190,8 @@ def load_run(ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: 
         "modality": "DCMTK storescu processes" if storescu else "pynetdicom threads (no DCMTK)",
         "node_img_s": len(files) / elapsed,
         "elapsed_s": elapsed,
+        # CPU seconds over the run: this process (the node, and the waiting benchmark) and the PACS
+        "cpu_s": cpu,
         "modality_done_s": sent_s,  # every C-STORE answered
         "first_received_s": (received[0] - start_ns) / 1e9 if received else None,
         "last_received_s": (received[-1] - start_ns) / 1e9 if received else None,
