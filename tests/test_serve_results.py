@@ -124,7 +124,8 @@ def test_fast_sr_equals_highdicoms_for_every_source_and_result(
             fast = canonical(builder.build(src, result))
             slow = canonical(results.build_sr(src, result, info))
             assert differences(fast, slow) == [], (src.PatientID, probs)
-    assert len(builder._content) == 1  # one layout: highdicom built the content once
+    # highdicom built the content once per character set of the sources (none, ISO_IR 100)
+    assert len(builder._content) == 2
 
 
 def test_fast_sr_carries_this_instances_values(tmp_path):
@@ -150,3 +151,48 @@ def test_a_layout_the_builder_does_not_know_is_refused(tmp_path):
     content = pydicom.dcmread(io.BytesIO(builder._content[layout]), force=True)
     with pytest.raises(ValueError, match="measurement groups"):
         builder._fill(content, src, outputs(["opacity", "nodule"], [0.9, 0.1], [0.5, 0.5]))
+
+
+def test_fast_sr_keeps_text_outside_latin1_in_a_utf8_study(tmp_path):
+    """A UTF-8 source (ISO_IR 192) and a finding named outside Latin-1: the SRs of later
+    instances keep every character, as highdicom's do (a content cached in another character
+    set turned them into "?"); a Latin-1 source after it gets its own encoding."""
+    names = ["pleural effusion čž"]
+    info = {**BINARY, "model_name": "réseau-ščř", "outputs": names}
+    builder = results.ReportBuilder(info)
+    utf8 = [
+        pydicom.dcmread(
+            make_radiograph(
+                tmp_path / f"u{i}.dcm",
+                seed=i,
+                SpecificCharacterSet="ISO_IR 192",
+                PatientName="Dvořák^Ž",
+            ),
+            stop_before_pixels=True,
+        )
+        for i in range(2)
+    ]
+    latin1 = pydicom.dcmread(
+        make_radiograph(tmp_path / "l.dcm", seed=5, SpecificCharacterSet="ISO_IR 100"),
+        stop_before_pixels=True,
+    )
+    for src, p in ((utf8[0], 0.8), (utf8[1], 0.3), (latin1, 0.6)):
+        result = outputs(names, [p], [0.5])
+        fast = canonical(builder.build(src, result))
+        assert differences(fast, canonical(results.build_sr(src, result, info))) == []
+    assert "pleural effusion čž" in str(
+        canonical(builder.build(utf8[1], outputs(names, [0.3], [0.5])))
+    )
+
+
+def test_fast_sr_refuses_a_source_highdicom_refuses(tmp_path):
+    """The checks highdicom makes of a source image hold on the fast path too."""
+    info = {**BINARY, "outputs": ["opacity"]}
+    builder = results.ReportBuilder(info)
+    good, bad, _ = sources(tmp_path)
+    builder.build(good, outputs(["opacity"], [0.9], [0.5]))
+    bad.Modality = "SR"  # not an image
+    with pytest.raises(Exception) as slow:
+        results.build_sr(bad, outputs(["opacity"], [0.9], [0.5]), info)
+    with pytest.raises(type(slow.value)):
+        builder.build(bad, outputs(["opacity"], [0.9], [0.5]))

@@ -31,6 +31,7 @@ folder to start afresh.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -137,6 +138,17 @@ def _locked(method: F) -> F:
     return run  # type: ignore[return-value]
 
 
+def _flock_if_supported(fd: int) -> None:
+    """Exclusive flock on ``fd``; a file system without flock (some network mounts) goes on
+    unlocked, as SQLite's own locking then is all there is."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as err:
+        if err.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        log.debug("no flock on %s: %s", fd, err)
+
+
 class CacheStore:
     """Preprocessed images of one preprocessing setting, in one folder (see the module docs).
 
@@ -198,9 +210,16 @@ class CacheStore:
             # Processes opening a new folder together (DDP ranks, loader workers) take turns:
             # SQLite answers "database is locked" at once, without waiting, to one of two
             # connections that both turn the index to WAL or create its tables.
-            lock_fd = os.open(self.folder / "index.lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                lock_fd = os.open(self.folder / "index.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise CacheError(
+                    err.errno,
+                    f"cannot create {self.folder / 'index.lock'}: {err}; set data.cache_dir to a "
+                    "writable folder, or data.cache=memory or none",
+                ) from err
+            try:
+                _flock_if_supported(lock_fd)
                 db = sqlite3.connect(
                     index, timeout=60.0, isolation_level=None, check_same_thread=False
                 )  # used by one thread at a time (the store's lock)

@@ -156,18 +156,24 @@ class ReportBuilder:
 
     def build(self, source: Dataset, result: dict[str, Any]) -> Dataset:
         """The SR of ``source`` scored as ``result`` (see :func:`build_sr`)."""
-        layout = tuple((o["name"], float(o["threshold"])) for o in result["outputs"])
+        charset = source.get("SpecificCharacterSet")  # the SR's text is encoded in the source's
+        charset = tuple(charset) if isinstance(charset, list | tuple) else charset
+        layout = (charset, *((o["name"], float(o["threshold"])) for o in result["outputs"]))
         with self._lock:
             encoded = self._content.get(layout)
         if encoded is None:
             sr = build_sr(source, result, self.info)
             root = Dataset()
+            if "SpecificCharacterSet" in sr:
+                root.SpecificCharacterSet = sr.SpecificCharacterSet
             for tag in _ROOT_CONTENT_TAGS:
                 if tag in sr:
                     root[tag] = sr[tag]
             with self._lock:
                 self._content[layout] = _encode(root)
             return sr
+        # highdicom's checks of the source (modality, pixel description), as build_sr makes them
+        hd.sr.SourceImageForMeasurementGroup.from_source_image(source)
         content = pydicom.dcmread(io.BytesIO(encoded), force=True)
         self._fill(content, source, result)
         stub = hd.sr.ContainerContentItem(
@@ -180,8 +186,9 @@ class ReportBuilder:
         for tag in _ROOT_CONTENT_TAGS:
             if tag in sr:
                 del sr[tag]
-        for element in content:
-            sr[element.tag] = element
+        for tag in _ROOT_CONTENT_TAGS:
+            if tag in content:
+                sr[tag] = content[tag]
         return sr
 
     def _fill(self, content: Dataset, source: Dataset, result: dict[str, Any]) -> None:

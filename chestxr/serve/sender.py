@@ -188,7 +188,6 @@ class Sender:
         if not assoc.is_established:
             self._failed(files, f"no association with {dest.ae_title}@{dest.host}:{dest.port}")
             return 0
-        no_delay(assoc)
         ok = 0
         # a file in a transfer syntax the PACS accepted is sent as its bytes (pynetdicom streams
         # the file), not decoded and encoded again: for an SR that was most of the sending's cost
@@ -197,6 +196,7 @@ class Sender:
             (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
         }
         try:
+            no_delay(assoc)
             for path in files:
                 try:
                     meta = read_file_meta_info(path)
