@@ -405,3 +405,33 @@ def test_processes_opening_a_new_cache_together_all_succeed(tmp_path):
         for p in procs:
             p.join(timeout=30)
     assert failures == []
+
+
+def test_a_file_system_without_flock_still_opens_the_cache(tmp_path, monkeypatch):
+    """Some network mounts answer flock with ENOLCK: the index is opened without the turn-taking
+    lock (SQLite's own locking remains), and the store works; other flock errors are raised."""
+    import errno
+
+    from chestxr.data import cache as cache_mod
+
+    real = cache_mod.fcntl.flock
+
+    def no_flock(fd: int, op: int) -> None:
+        if op == cache_mod.fcntl.LOCK_EX:  # the index lock (shards use LOCK_NB)
+            raise OSError(errno.ENOLCK, "No locks available")
+        real(fd, op)
+
+    monkeypatch.setattr(cache_mod.fcntl, "flock", no_flock)
+    src = tmp_path / "a.png"
+    write_png(src, 0)
+    store = cache_mod.CacheStore(tmp_path / "c", settings="s")
+    store.put(src, np.full((1, 4, 4), 0.5, dtype=np.float32), {})
+    back, _ = store.get(src)
+    assert np.allclose(back, 0.5)
+
+    def broken(fd: int, op: int) -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(cache_mod.fcntl, "flock", broken)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        cache_mod.CacheStore(tmp_path / "d", settings="s")
