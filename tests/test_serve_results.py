@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from chestxr.serve import results
+from chestxr.serve import results, sr_template
 from tests.test_serve import make_radiograph
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -147,10 +147,48 @@ def test_a_layout_the_builder_does_not_know_is_refused(tmp_path):
     builder = results.ReportBuilder(info)
     src = sources(tmp_path)[0]
     builder.build(src, outputs(["opacity"], [0.9], [0.5]))
-    layout = next(iter(builder._content))
-    content = pydicom.dcmread(io.BytesIO(builder._content[layout]), force=True)
+    template = next(iter(builder._content.values()))
+    two = builder._leaves(src, outputs(["opacity", "nodule"], [0.9, 0.1], [0.5, 0.5]))
     with pytest.raises(ValueError, match="measurement groups"):
-        builder._fill(content, src, outputs(["opacity", "nodule"], [0.9, 0.1], [0.5, 0.5]))
+        template.elements(two)
+    content = results.build_sr(src, outputs(["opacity"], [0.9], [0.5]), info)
+    group = content.ContentSequence[-1].ContentSequence[0].ContentSequence
+    group[:] = [item for item in group if item.ValueType != "UIDREF"]  # no tracking UID
+    with pytest.raises(ValueError, match="lacks"):
+        sr_template.leaf_holders(content, [("OPACITY", results.FINDING_SCHEME)])
+
+
+def test_a_template_that_does_not_reproduce_highdicoms_content_is_refused(tmp_path, monkeypatch):
+    """The template checks itself once against the SR highdicom built: a splice that puts in
+    another value than highdicom's (here the probability) stops the node instead of serving it."""
+    info = {**BINARY, "outputs": ["opacity"]}
+    builder = results.ReportBuilder(info)
+    leaves = results.ReportBuilder._leaves
+
+    def off_by_a_little(self, source, result):
+        out = leaves(self, source, result)
+        out[0]["probability_fd"] += 1e-12
+        return out
+
+    monkeypatch.setattr(results.ReportBuilder, "_leaves", off_by_a_little)
+    with pytest.raises(RuntimeError, match="does not reproduce"):
+        builder.build(sources(tmp_path)[0], outputs(["opacity"], [0.9], [0.5]))
+
+
+def test_written_sr_file_is_a_valid_part10_file_equal_to_highdicoms(tmp_path):
+    """The spliced content goes to disk as delimited sequences: the file reads back (also
+    element by element, deferred) to highdicom's SR."""
+    info = {**BINARY, "outputs": ["opacity"]}
+    builder = results.ReportBuilder(info)
+    a, b, _ = sources(tmp_path)
+    builder.build(a, outputs(["opacity"], [0.2], [0.5]))
+    path = results.write_sr(
+        b, outputs(["opacity"], [0.6], [0.5]), info, tmp_path / "sr.dcm", builder
+    )
+    back = pydicom.dcmread(path)
+    assert back.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    slow = canonical(results.build_sr(b, outputs(["opacity"], [0.6], [0.5]), info))
+    assert differences(canonical(back), slow) == []
 
 
 def test_fast_sr_keeps_text_outside_latin1_in_a_utf8_study(tmp_path):
