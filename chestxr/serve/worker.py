@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pydicom
@@ -29,6 +30,17 @@ from chestxr.utils.ids import anonymous_id
 log = logging.getLogger(__name__)
 FRONTAL_VIEWS = ("PA", "AP")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
+
+
+Scores = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+
+
+class Prepared(NamedTuple):
+    """A claimed instance read for the model: its spool item, header and input image."""
+
+    item: Item
+    ds: Dataset
+    image: torch.Tensor
 
 
 class NotScorable(Exception):
@@ -81,9 +93,7 @@ class Scorer:
         except RadiographReadError as err:
             raise NotScorable(f"unreadable: {adapter.read_error_reason(err)}") from err
 
-    def score(
-        self, images: torch.Tensor
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def score(self, images: torch.Tensor) -> Scores:
         """Probabilities ``(B, K)`` and, when enabled, CAMs ``(B, S, S)`` with the output each
         explains ``(B,)``: the image's most probable finding (output 0 of a binary model)."""
         with self._lock:
@@ -134,20 +144,71 @@ class Worker:
         self.reports = results.ReportBuilder(scorer.info)
 
     def run(self, stop: threading.Event) -> None:
-        """Loop: claim a batch, score it, record the outcomes."""
-        while not stop.is_set():
-            items = self.spool.claim(self.batch_size)
-            if not items:
-                self.wake.wait(self.poll_s)
-                self.wake.clear()
-                continue
+        """Score the spool until ``stop`` is set, in a pipeline of three threads.
+
+        A reader claims and reads the next batch, and a writer builds and records the results of
+        the previous one, while this thread runs the model: the forward pass releases the
+        interpreter lock, so the Python work of reading and writing overlaps it instead of
+        following it. At most one batch waits between stages; on ``stop`` the batches already
+        read are scored and recorded, and whatever a failure leaves unfinished stays pending.
+        """
+        read: queue.Queue[list[Prepared] | None] = queue.Queue(maxsize=1)
+        scored: queue.Queue[tuple[list[Prepared], Scores] | None] = queue.Queue(maxsize=1)
+        reader = threading.Thread(target=self._read_loop, args=(stop, read), daemon=True)
+        writer = threading.Thread(target=self._write_loop, args=(stop, scored), daemon=True)
+        for thread, stage in ((reader, "read"), (writer, "write")):
+            thread.name = f"{threading.current_thread().name}-{stage}"
+            thread.start()
+        try:
+            while (batch := read.get()) is not None:
+                try:
+                    scores = self.score(batch)
+                except Exception:
+                    log.exception("batch of %d failed in the model; left pending", len(batch))
+                    self._release([p.item for p in batch])
+                    stop.wait(1.0)
+                    continue
+                scored.put((batch, scores))
+        finally:
+            scored.put(None)
+            writer.join()
+            reader.join()
+
+    def _read_loop(self, stop: threading.Event, out: queue.Queue) -> None:
+        """Claim and read batches into ``out`` until ``stop``; then None."""
+        try:
+            while not stop.is_set():
+                items = self.spool.claim(self.batch_size)
+                if not items:
+                    self.wake.wait(self.poll_s)
+                    self.wake.clear()
+                    continue
+                try:
+                    batch = self.read(items)
+                except Exception:
+                    log.exception("batch of %d failed while read; left pending", len(items))
+                    self._release(items)
+                    stop.wait(1.0)
+                    continue
+                if batch:
+                    out.put(batch)
+        finally:
+            out.put(None)
+
+    def _write_loop(self, stop: threading.Event, inbox: queue.Queue) -> None:
+        """Record the scored batches of ``inbox`` until None."""
+        while (job := inbox.get()) is not None:
+            batch, scores = job
             try:
-                self.process(items)
+                self.record(batch, scores)
             except Exception:
-                log.exception("batch of %d failed; left pending", len(items))
-                for item in items:
-                    self.spool.release(item)
+                log.exception("results of a batch of %d not written; left pending", len(batch))
+                self._release([p.item for p in batch])
                 stop.wait(1.0)
+
+    def _release(self, items: list[Item]) -> None:
+        for item in items:
+            self.spool.release(item)
 
     def _fail(self, item: Item, reason: str, ds: Dataset | None) -> None:
         record = {
@@ -162,7 +223,14 @@ class Worker:
 
     def process(self, items: list[Item]) -> None:
         """Score one batch of claimed items; each ends done or failed."""
-        good: list[tuple[Item, Dataset, torch.Tensor]] = []
+        batch = self.read(items)
+        if batch:
+            self.record(batch, self.score(batch))
+
+    def read(self, items: list[Item]) -> list[Prepared]:
+        """Read and preprocess claimed items; the ones that cannot be scored get their failure
+        record now."""
+        good: list[Prepared] = []
         for item in items:
             ds = None
             try:
@@ -174,13 +242,24 @@ class Worker:
                     if not ds.get(key):
                         raise NotScorable(f"DICOM lacks {key}")
                 check_frontal_chest(ds)
-                good.append((item, ds, self.scorer.prepare(item.path)))
+                good.append(Prepared(item, ds, self.scorer.prepare(item.path)))
             except NotScorable as err:
                 self._fail(item, str(err), ds)
-        if not good:
-            return
-        prob, maps, explained = self.scorer.score(torch.stack([g[2] for g in good]))
-        for j, (item, ds, _) in enumerate(good):
+        return good
+
+    def score(self, batch: list[Prepared]) -> Scores:
+        """The model's outputs for a read batch."""
+        return self.scorer.score(torch.stack([p.image for p in batch]))
+
+    def record(self, batch: list[Prepared], scores: Scores) -> None:
+        """Write each scored instance's results and record it done (or failed, with the reason).
+
+        Raises:
+            OSError: results could not be written (e.g. a full disk); the instances not yet
+                recorded stay pending and are retried.
+        """
+        prob, maps, explained = scores
+        for j, (item, ds, _) in enumerate(batch):
             result: dict[str, Any] = {"outputs": self.scorer.outputs(prob[j])}
             if explained is not None:
                 result["explained"] = self.scorer.info["outputs"][int(explained[j])]
@@ -188,7 +267,7 @@ class Worker:
                 files = self._write_results(item, ds, result, None if maps is None else maps[j])
             except OSError:
                 self._discard_staged(item)
-                raise  # e.g. a full disk: the batch stays pending and is retried
+                raise
             except Exception as err:  # one instance whose results cannot be built: no poison pill
                 self._discard_staged(item)
                 self._fail(item, f"results not written: {type(err).__name__}: {err}", ds)
