@@ -610,6 +610,63 @@ def test_no_sr_reaches_the_outbox_when_its_secondary_capture_fails(
     assert "no Secondary Capture today" in record["reason"]
 
 
+def test_the_pipelined_worker_loses_nothing_when_writing_or_scoring_fails(
+    ckpt: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The worker's three threads (read, score, write): a full disk while results are written,
+    then a model failure, leave the instances pending; once the faults clear each ends with
+    exactly one result and none is lost."""
+    import errno
+    import threading
+
+    from chestxr.serve import results
+    from chestxr.serve.worker import Scorer, Worker
+
+    spool = Spool(tmp_path / "spool")
+    uids = []
+    for i in range(10):
+        src = make_radiograph(tmp_path / f"s{i}.dcm", seed=i)
+        uids.append(str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID))
+        spool.put(uids[-1], src.read_bytes())
+    faults = {"disk": 3, "model": 1}
+    write_sr, lock = results.write_sr, threading.Lock()
+
+    def full_disk_at_first(*args, **kwargs):
+        with lock:
+            faults["disk"] -= 1
+            if faults["disk"] >= 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return write_sr(*args, **kwargs)
+
+    scorer = Scorer(ckpt, cams=False)
+    score = scorer.score
+
+    def model_fails_once(images):
+        with lock:
+            faults["model"] -= 1
+            if faults["model"] >= 0 and faults["disk"] < 0:
+                raise RuntimeError("out of memory")
+        return score(images)
+
+    monkeypatch.setattr(results, "write_sr", full_disk_at_first)
+    monkeypatch.setattr(scorer, "score", model_fails_once)
+    outbox = tmp_path / "results/outbox"
+    worker = Worker(spool, scorer, outbox, Metrics(), batch_size=4, poll_s=0.01)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    wait_for(lambda: spool.counts()["done"] == 10, timeout=120)
+    stop.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert faults["disk"] < 0 and faults["model"] < 0  # both faults happened
+    assert spool.counts() == {"pending": 0, "done": 10, "failed": 0}
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(
+        f"{spool_key(u)}.sr.dcm" for u in uids
+    )
+    assert not list((tmp_path / "results/staging").iterdir())
+
+
 def text_values(ds: Dataset) -> set[str]:
     """Every TEXT content item's value in an SR's content tree."""
     out: set[str] = set()
