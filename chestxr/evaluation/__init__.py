@@ -8,8 +8,9 @@ unit. A scan is predicted positive when ``prob >= threshold``.
 Modules: ``binary_metrics`` (THE metric registry ``METRICS`` and its point/bootstrap functions),
 ``bootstrap`` (patient bootstrap, DeLong), ``calibration``, ``operating_point``, ``results`` (the
 ``metrics.json`` content and its schema), ``artefacts`` (the files of a run), ``html`` (the
-``summary.html`` template), ``plots``, ``comparison`` (two models on the same scans) and ``run``
-(evaluate a model on a split: what ``python -m chestxr.evaluate`` and ``train`` call).
+``summary.html`` template), ``plots``, ``comparison`` (two models on the same scans), ``ensemble``
+(seed ensembles and test-time augmentation: a mean of logits) and ``run`` (evaluate a model on a
+split: what ``python -m chestxr.evaluate`` and ``train`` call).
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ def schema_description() -> str:
       "outputs": {{
         NAME: {{
           "threshold": float,                  # predict positive when prob >= threshold
-          "threshold_rule": {{"rule": ..., ...}},  # how the threshold was chosen (as given)
+          "threshold_rule": {{"rule": ..., ...}},  # how the threshold was chosen (as given);
+                        # a seed ensemble or TTA adds "members" [{{"path", "sha256"}}], "tta_views"
           "metrics": {{METRIC: float | null,    # METRIC: see the list below
                       "confusion_matrix": [[tn, fp], [fn, tp]],
                       "n", "n_positive", "n_negative": int, "threshold": float,

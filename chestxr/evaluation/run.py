@@ -2,38 +2,104 @@
 
 The library behind ``python -m chestxr.evaluate`` and the end of ``python -m chestxr.train``:
 :func:`validate_evaluation_config` checks before any training or inference that the evaluation
-can run; :func:`fit_thresholds` chooses the operating point on the validation split;
-:func:`evaluate_model` predicts a split and writes its files (:mod:`chestxr.evaluation.artefacts`).
+can run; :func:`load_for_evaluation` reads one checkpoint or a seed ensemble of several;
+:func:`fit_thresholds` chooses the operating point on the validation split; :func:`evaluate_model`
+predicts a split (with test-time augmentation when configured) and writes its files
+(:mod:`chestxr.evaluation.artefacts`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from chestxr.data.datamodule import RadiographDataModule
 from chestxr.evaluation.artefacts import write_evaluation
 from chestxr.evaluation.calibration import apply_temperature, fit_temperature, logit
+from chestxr.evaluation.ensemble import Ensemble, View, checkpoint_records, parse_views
 from chestxr.evaluation.operating_point import check_rule, choose_threshold
-from chestxr.inference import predict_dataset
+from chestxr.inference import load_model, predict_dataset
 from chestxr.models.module import ChestXRClassifier
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RULE = {"rule": "youden", "target": None}
 
+Scorer = ChestXRClassifier | Ensemble  # what evaluation scores: one model, or a mean of logits
+
 
 class EvaluationSetupError(ValueError):
     """An evaluation that cannot run as configured; the message names the key, split or column."""
 
 
-def data_for_model(data_cfg: Mapping, model: ChestXRClassifier) -> RadiographDataModule:
+def tta_views(evaluation: Mapping[str, Any]) -> list[View]:
+    """The test-time views of ``evaluation.tta`` (identity first), ``[]`` when it is off.
+
+    Raises:
+        EvaluationSetupError: see :func:`chestxr.evaluation.ensemble.parse_views`.
+    """
+    spec, presets = evaluation.get("tta"), evaluation.get("tta_presets")
+    spec, presets = (
+        OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for v in (spec, presets)
+    )
+    try:
+        return parse_views(spec, presets)
+    except ValueError as err:
+        raise EvaluationSetupError(str(err)) from err
+
+
+def load_for_evaluation(
+    ckpt_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    evaluation: Mapping[str, Any],
+) -> Scorer:
+    """The model ``evaluate`` scores: one checkpoint, or the seed ensemble of several.
+
+    ``evaluation.tta`` is checked first (before any checkpoint is read). One checkpoint without
+    TTA is the plain model, with its stored operating point; otherwise an :class:`Ensemble` of the
+    checkpoints (mean logit over members and test-time views), its members recorded by path and
+    sha256.
+
+    Raises:
+        EvaluationSetupError: a bad ``evaluation.tta``, no checkpoint, the same checkpoint twice
+            (same file or same sha256), or members that differ in preprocessing, task, classes or
+            operating-point rule (naming the checkpoint and the key).
+        FileNotFoundError, ValueError: see :func:`chestxr.inference.load_model`.
+    """
+    views = tta_views(evaluation)
+    if OmegaConf.is_config(ckpt_path):
+        ckpt_path = OmegaConf.to_container(ckpt_path)
+    paths = [ckpt_path] if isinstance(ckpt_path, str | os.PathLike) else list(ckpt_path)
+    if not paths:
+        raise EvaluationSetupError("ckpt_path is an empty list: give at least one checkpoint")
+    try:
+        records = checkpoint_records(paths)
+    except ValueError as err:
+        raise EvaluationSetupError(str(err)) from err
+    members = [load_model(r["path"]) for r in records]
+    if len(members) == 1 and not views:
+        return members[0]
+    try:
+        return Ensemble(members, views, records)
+    except ValueError as err:
+        raise EvaluationSetupError(str(err)) from err
+
+
+def with_tta(model: Scorer, views: Sequence[View]) -> Scorer:
+    """``model`` scored over ``views``: unchanged when there are none."""
+    if isinstance(model, Ensemble):
+        return model if not views or model.views == list(views) else model.with_views(views)
+    return Ensemble([model], views) if views else model
+
+
+def data_for_model(data_cfg: Mapping, model: Scorer) -> RadiographDataModule:
     """The configured data, read with the preprocessing the model was trained with."""
     trained = dict(model.hparams.preprocess)
     if dict(data_cfg.get("preprocess", {})) != trained:
@@ -54,21 +120,22 @@ def validate_evaluation_config(
     Call it before ``trainer.fit``: it reads the manifest (and its split assignment) only.
 
     Args:
-        evaluation: the ``evaluation`` config (``subgroups``, ``n_bootstrap``, ...).
+        evaluation: the ``evaluation`` config (``subgroups``, ``n_bootstrap``, ``tta``, ...).
         datamodule: the data to evaluate.
         operating_point: the model's ``operating_point`` (``rule``, ``target``); None: Youden.
         splits: the splits that will be predicted (validation chooses the thresholds).
 
     Raises:
-        EvaluationSetupError: an unknown operating-point rule or bad target, a subgroup column
-            absent from the manifest, a negative ``n_bootstrap``, or an empty or single-class
-            split (named with its counts).
+        EvaluationSetupError: an unknown operating-point rule or bad target, a bad ``tta``
+            (see :func:`tta_views`), a subgroup column absent from the manifest, a negative
+            ``n_bootstrap``, or an empty or single-class split (named with its counts).
     """
     rule = dict(operating_point or DEFAULT_RULE)
     try:
         check_rule(rule.get("rule", "youden"), rule.get("target"))
     except ValueError as err:
         raise EvaluationSetupError(f"model.operating_point {rule}: {err}") from err
+    tta_views(evaluation)
     n_bootstrap = evaluation.get("n_bootstrap", 1000)
     if not isinstance(n_bootstrap, int) or n_bootstrap < 0:
         raise EvaluationSetupError(
@@ -112,9 +179,7 @@ def validate_evaluation_config(
             )
 
 
-def fit_thresholds(
-    model: ChestXRClassifier, dm: RadiographDataModule, batch_size: int = 64
-) -> np.ndarray:
+def fit_thresholds(model: Scorer, dm: RadiographDataModule, batch_size: int = 64) -> np.ndarray:
     """Choose each output's decision threshold on the validation split and store it in the model."""
     rule = dict(model.hparams.operating_point or DEFAULT_RULE)
     val = predict_dataset(model, dm.dataset("val", train=False), batch_size=batch_size)
@@ -136,7 +201,7 @@ def fit_thresholds(
 
 
 def evaluate_model(
-    model: ChestXRClassifier,
+    model: Scorer,
     dm: RadiographDataModule,
     out_dir: Path,
     cfg: Mapping[str, Any],
@@ -149,18 +214,34 @@ def evaluate_model(
     fitted on the validation logits calibrates the probabilities (thresholds mapped with them,
     so decisions are unchanged). Nothing is ever tuned on the evaluated split.
 
+    A seed ensemble (``model`` an :class:`Ensemble`) or test-time augmentation (``cfg.tta``)
+    scores the mean logit; a member's stored thresholds do not apply to that score, so the
+    operating point (and the temperature) is chosen on validation with the same members and
+    views, which ``threshold_rule`` records (``members``: path and sha256; ``tta_views``).
+
     Raises:
         EvaluationSetupError: see :func:`validate_evaluation_config` (checked before predicting).
     """
     batch_size = cfg.get("batch_size", 64)
+    model = with_tta(model, tta_views(cfg))
     thresholds = model.thresholds.cpu().numpy()
     needs_val = bool(np.isnan(thresholds).any() or cfg.get("temperature_scaling"))
     validate_evaluation_config(
         cfg, dm, model.hparams.operating_point, splits=[split, "val"] if needs_val else [split]
     )
+    rule = {**dict(model.hparams.operating_point or {}), "chosen_on": "validation"}
+    if isinstance(model, Ensemble):
+        rule.update(model.describe())
+        log.info(
+            "scoring the mean logit of %d checkpoint(s) over %d view(s) %s; the operating point "
+            "is chosen on validation with the same members and views (a member's stored "
+            "thresholds do not apply to the averaged score)",
+            len(model.members),
+            len(model.views),
+            [v.as_dict() for v in model.views],
+        )
     if np.isnan(thresholds).any():
         thresholds = fit_thresholds(model, dm, batch_size)
-    rule = {**dict(model.hparams.operating_point or {}), "chosen_on": "validation"}
     res = predict_dataset(model, dm.dataset(split, train=False), batch_size=batch_size)
     prob = res["prob"]
     if cfg.get("temperature_scaling"):

@@ -1,10 +1,11 @@
-"""A callback for tests: what ``last.ckpt`` holds when each epoch after the first starts."""
+"""Checkpoints for tests: a probe of what ``last.ckpt`` holds, and a writer of small models."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from chestxr.utils.checkpoints import load_tensors_only
 
@@ -23,3 +24,16 @@ class LastCheckpointProbe(L.Callback):
         if trainer.current_epoch > 0:
             held = load_tensors_only(self.path) if self.path.is_file() else None
             self.seen.append(None if held is None else int(held["epoch"]))
+
+
+def save_classifier(model: L.LightningModule, path: Path) -> Path:
+    """``model`` as a chestxr checkpoint in Lightning's format (what ``load_model`` reads)."""
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": L.__version__,
+        },
+        path,
+    )
+    return path
