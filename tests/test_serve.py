@@ -20,6 +20,7 @@ from chestxr.models.module import ChestXRClassifier
 from chestxr.serve.metrics import Metrics
 from chestxr.serve.sender import COMPREHENSIVE_3D_SR, RESULT_SOP_CLASSES
 from chestxr.serve.spool import Spool, spool_key
+from tests.helpers.checkpoints import save_classifier
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 OPT = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
@@ -42,16 +43,7 @@ def make_checkpoint(
         optimizer=OPT,
     )
     model.thresholds.fill_(threshold)
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": L.__version__,
-            **({"chestxr": summary} if summary is not None else {}),
-        },
-        path,
-    )
-    return path
+    return save_classifier(model, path, **({"chestxr": summary} if summary is not None else {}))
 
 
 def make_radiograph(

@@ -26,13 +26,15 @@ class LastCheckpointProbe(L.Callback):
             self.seen.append(None if held is None else int(held["epoch"]))
 
 
-def save_classifier(model: L.LightningModule, path: Path) -> Path:
-    """``model`` as a chestxr checkpoint in Lightning's format (what ``load_model`` reads)."""
+def save_classifier(model: L.LightningModule, path: Path, **extra: object) -> Path:
+    """``model`` as a chestxr checkpoint in Lightning's format (what ``load_model`` reads),
+    with ``extra`` top-level entries (e.g. ``chestxr=``, the run summary)."""
     torch.save(
         {
             "state_dict": model.state_dict(),
             "hyper_parameters": dict(model.hparams),
             "pytorch-lightning_version": L.__version__,
+            **extra,
         },
         path,
     )
