@@ -329,6 +329,39 @@ class FakePacs:
         return out
 
 
+def test_both_ends_of_the_nodes_associations_are_tuned(ckpt: Path, tmp_path: Path) -> None:
+    """TCP_NODELAY and the 5 ms idle poll on what the node accepts and on what it opens."""
+    import socket
+
+    from pynetdicom import AE
+
+    from chestxr.serve.node import Node
+    from chestxr.serve.sender import DUL_IDLE_POLL_S, tune
+
+    def tuned(assoc) -> bool:
+        sock = assoc.dul.socket.socket
+        nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        return bool(nodelay) and assoc.dul._run_loop_delay == DUL_IDLE_POLL_S
+
+    cfg = node_config(ckpt, tmp_path / "state", http_port=None, cams=False)
+    node = Node(cfg).start()
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", cfg["port"], ae_title="CHESTXR")
+        assert assoc.is_established
+        try:
+            wait_for(lambda: len(node._scp.active_associations) == 1, timeout=10)
+            assert tuned(node._scp.active_associations[0])  # the SCP's end
+            assert not tuned(assoc)  # pynetdicom's defaults, until tuned as the sender does
+            tune(assoc)
+            assert tuned(assoc)
+        finally:
+            assoc.release()
+    finally:
+        node.stop()
+
+
 def test_results_queued_while_the_pacs_is_down_arrive_once_it_is_up(
     ckpt: Path, tmp_path: Path
 ) -> None:

@@ -18,7 +18,7 @@ from pynetdicom.sop_class import (
 )
 
 from chestxr.serve.metrics import Metrics
-from chestxr.serve.sender import no_delay
+from chestxr.serve.sender import tune
 from chestxr.serve.spool import Spool
 from chestxr.utils.ids import anonymous_id
 
@@ -105,7 +105,7 @@ def start_scp(
         block=False,
         evt_handlers=[
             (evt.EVT_C_STORE, handler),
-            (evt.EVT_CONN_OPEN, lambda event: no_delay(event.assoc)),  # answers leave at once
+            (evt.EVT_CONN_OPEN, lambda event: tune(event.assoc)),  # answers leave at once
         ],
         ssl_context=ssl_context,
     )

@@ -34,15 +34,25 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 RESULT_SOP_CLASSES = (COMPREHENSIVE_3D_SR, ComprehensiveSRStorage, SecondaryCaptureImageStorage)
 
 
-def no_delay(assoc: Any) -> None:
-    """Turn off Nagle's algorithm on an association's TCP socket.
+DUL_IDLE_POLL_S = 0.005  # pynetdicom's default: 1 ms
+
+
+def tune(assoc: Any) -> None:
+    """Tune an association's transport for request/response traffic: TCP_NODELAY, and a 5 ms
+    idle poll of its reader.
 
     pynetdicom writes a C-STORE's command and data set as separate small writes; with Nagle on,
     the second can wait for the peer's delayed acknowledgement (~40 ms on Linux): SRs to Orthanc
-    over one association went from 11 to 19 per second with it off. DICOM exchanges are
-    request/response, the case TCP_NODELAY is for.
+    over one association went from 11 to 19 per second with it off. Each association's reader
+    thread (pynetdicom's DUL) checks its socket every 1 ms while idle, ~0.02 of a CPU core per
+    association measured here (an open association, idle, cost 0.057 cores in all, 0.035 with the
+    5 ms poll); while a PDU is being read it does not sleep, so only a new exchange's first PDU
+    waits up to 5 ms. ``_run_loop_delay`` is the knob pynetdicom's reactor documents for this.
     """
-    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    dul = getattr(assoc, "dul", None)
+    if dul is not None and hasattr(dul, "_run_loop_delay"):
+        dul._run_loop_delay = DUL_IDLE_POLL_S
+    sock = getattr(getattr(dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -196,7 +206,7 @@ class Sender:
             (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
         }
         try:
-            no_delay(assoc)
+            tune(assoc)
             for path in files:
                 try:
                     meta = read_file_meta_info(path)
