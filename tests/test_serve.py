@@ -305,14 +305,18 @@ class FakePacs:
         entry[2] += 1
         return 0x0000
 
-    def start(self) -> FakePacs:
+    def start(self, ssl_context=None) -> FakePacs:
+        """Listen (over TLS with ``ssl_context``)."""
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 
         ae = AE(ae_title="PACS")
         for sop in RESULT_SOP_CLASSES:
             ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
         self._server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle)]
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._handle)],
+            ssl_context=ssl_context,
         )
         return self
 

@@ -46,6 +46,7 @@ class Node:
                 dest["ae_title"],
                 cfg["ae_title"],
                 associations=int(dest.get("associations", 1)),
+                tls=scp.destination_tls_context(**(dest.get("tls") or {})),
             )
             if dest.get("host")
             else None,
@@ -55,6 +56,9 @@ class Node:
             backoff_max_s=float(cfg["retry"]["backoff_max_s"]),
             max_rejections=int(cfg["retry"]["max_rejections"]),
         )
+        tls = cfg.get("tls") or {}
+        on = tls.get("cert") or tls.get("key")  # config errors surface here, before any thread
+        self._tls = scp.tls_context(tls.get("cert"), tls.get("key"), tls.get("ca")) if on else None
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         self._scp: Any = None
@@ -94,11 +98,9 @@ class Node:
             self._start(w.run, f"chestxr-worker-{i}")
         self._start(self.sender.run, "chestxr-sender")
         cfg = self.cfg
-        tls = cfg.get("tls") or {}
-        ctx = scp.tls_context(tls["cert"], tls["key"], tls.get("ca")) if tls.get("cert") else None
         ae = scp.make_ae(cfg["ae_title"], list(cfg["allowed_calling_ae_titles"]))
         handler = scp.make_store_handler(self.spool, self.metrics, self._wake)
-        self._scp = scp.start_scp(ae, cfg["bind"], int(cfg["port"]), handler, ctx)
+        self._scp = scp.start_scp(ae, cfg["bind"], int(cfg["port"]), handler, self._tls)
         if cfg.get("http_port"):
             self._http = make_server(
                 cfg["bind"],

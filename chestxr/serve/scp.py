@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydicom.uid import UID
@@ -82,13 +83,59 @@ def make_ae(ae_title: str, allowed_calling: Sequence[str]) -> AE:
     return ae
 
 
+def _existing(path: str | None, key: str) -> str | None:
+    """``path`` if it names a file; None for unset; else an error naming the config key."""
+    if path in (None, ""):
+        return None
+    if not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"{key}: no such file {path}")
+    return str(Path(path).expanduser())
+
+
 def tls_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
-    """A server TLS context; with ``ca``, clients must present a certificate signed by it."""
+    """The SCP's server TLS context; with ``ca``, clients must present a certificate signed by it.
+
+    Raises:
+        FileNotFoundError: a file that is not there, named with its key in ``conf/serve.yaml``.
+        ValueError: a certificate without its key or the other way round.
+    """
+    cert_file, key_file = _existing(cert, "tls.cert"), _existing(key, "tls.key")
+    if not (cert_file and key_file):
+        raise ValueError("tls.cert and tls.key are both needed for DICOM TLS on the SCP")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(certfile=cert, keyfile=key)
-    if ca:
-        ctx.load_verify_locations(cafile=ca)
+    ctx.load_cert_chain(certfile=cert_file, keyfile=key_file)
+    ca_file = _existing(ca, "tls.ca")
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
         ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def destination_tls_context(
+    ca: str | None = None, cert: str | None = None, key: str | None = None
+) -> ssl.SSLContext | None:
+    """The TLS context for sending to the PACS, or None (plain DICOM) when ``ca`` is unset.
+
+    The PACS's certificate must be signed by ``ca`` and name the host the node connects to
+    (``destination.host``, as DNS name or IP address); ``cert``/``key`` are the node's own
+    certificate, for a PACS that requires one.
+
+    Raises:
+        FileNotFoundError: a file that is not there, named with its ``destination.tls`` key.
+        ValueError: ``cert`` without ``key`` (or the other way round), or either without ``ca``.
+    """
+    ca_file = _existing(ca, "destination.tls.ca")
+    cert_file = _existing(cert, "destination.tls.cert")
+    key_file = _existing(key, "destination.tls.key")
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("destination.tls.cert and destination.tls.key go together")
+    if not ca_file:
+        if cert_file:
+            raise ValueError("destination.tls.ca is needed to verify the PACS (TLS is off)")
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    if cert_file:
+        ctx.load_cert_chain(certfile=cert_file, keyfile=key_file)
     return ctx
 
 
