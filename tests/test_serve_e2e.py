@@ -33,10 +33,15 @@ def dcmtk_storescu() -> str | None:
 
 
 def start_orthanc(
-    tmp: Path, node_port: int, http: int | None = None, dicom: int | None = None
+    tmp: Path,
+    node_port: int,
+    http: int | None = None,
+    dicom: int | None = None,
+    **settings: object,
 ) -> tuple[subprocess.Popen, int, int]:
     """Orthanc on loopback ports (free ones unless given) with its own storage under ``tmp``
-    (started again on the same ``tmp`` it keeps what it stored); returns (process, http, dicom)."""
+    (started again on the same ``tmp`` it keeps what it stored), ``settings`` added to its
+    configuration; returns (process, http, dicom)."""
     http, dicom = http or free_port(), dicom or free_port()
     config = {
         "Name": "chestxr-test",
@@ -51,6 +56,7 @@ def start_orthanc(
         "AuthenticationEnabled": False,
         "DicomModalities": {"chestxr": ["CHESTXR", "127.0.0.1", node_port]},
         "Plugins": [],
+        **settings,
     }
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "orthanc.json").write_text(json.dumps(config))
@@ -81,7 +87,6 @@ def orthanc_instances(http: int) -> list[dict]:
     return [rest(http, f"/instances/{i}/tags?simplify") for i in rest(http, "/instances")]
 
 
-@pytest.mark.slow
 def results_by_source(http: int, good: list[Path]) -> list[tuple[pydicom.Dataset, list[dict]]]:
     """Each good source with its instances in Orthanc: exactly an SR and an SC in its study."""
     tags = orthanc_instances(http)

@@ -8,6 +8,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -176,3 +177,72 @@ def test_tls_settings_that_cannot_work_are_refused_naming_the_key(pki: Path) -> 
         tls_context(str(pki / "server.crt"), None)
     with pytest.raises(FileNotFoundError, match=re.escape("tls.key")):
         tls_context(str(pki / "server.crt"), str(pki / "nope.key"))
+
+
+def test_storescu_over_tls_to_the_node_over_tls_to_orthanc(
+    ckpt: Path, pki: Path, tmp_path: Path
+) -> None:
+    """Real TLS peers nobody here wrote: DCMTK's storescu sends with a client certificate,
+    Orthanc stores the results only from a client with a certificate from the hospital CA."""
+    from tests.test_serve_e2e import dcmtk_storescu, orthanc_instances, start_orthanc
+
+    storescu = dcmtk_storescu()
+    if shutil.which("Orthanc") is None or storescu is None:
+        pytest.skip("needs Debian's orthanc and dcmtk (apt-get install orthanc dcmtk)")
+    from chestxr.serve.node import Node
+
+    server = {"cert": str(pki / "server.crt"), "key": str(pki / "server.key")}
+    cfg = node_config(
+        ckpt,
+        tmp_path / "state",
+        http_port=None,
+        cams=False,
+        tls={**server, "ca": str(pki / "ca.crt")},
+    )
+    orthanc, http, dicom = start_orthanc(
+        tmp_path / "orthanc",
+        cfg["port"],
+        DicomTlsEnabled=True,
+        DicomTlsCertificate=server["cert"],
+        DicomTlsPrivateKey=server["key"],
+        DicomTlsTrustedCertificates=str(pki / "ca.crt"),
+        DicomTlsRemoteCertificateRequired=True,
+    )
+    cfg["destination"] = {
+        "host": "127.0.0.1",
+        "port": dicom,
+        "ae_title": "ORTHANC",
+        "tls": {
+            "ca": str(pki / "ca.crt"),
+            "cert": str(pki / "client.crt"),
+            "key": str(pki / "client.key"),
+        },
+    }
+    scans = [make_radiograph(tmp_path / f"s{i}.dcm", seed=i) for i in range(2)]
+    node = Node(cfg).start()
+    try:
+
+        def send(cert: str) -> subprocess.CompletedProcess:
+            tls = ["+tls", str(pki / f"{cert}.key"), str(pki / f"{cert}.crt")]
+            peer = ["-aet", "MODALITY", "-aec", "CHESTXR", "127.0.0.1", str(cfg["port"])]
+            return subprocess.run(
+                [storescu, *tls, "+cf", str(pki / "ca.crt"), *peer, *map(str, scans)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        refused = send("intruder")  # a certificate from another CA
+        assert refused.returncode != 0
+        sent = send("client")
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: len(orthanc_instances(http)) >= len(scans), timeout=60)
+        time.sleep(1.0)
+        studies = sorted(t["StudyInstanceUID"] for t in orthanc_instances(http))
+        wanted = sorted(str(pydicom.dcmread(p).StudyInstanceUID) for p in scans)
+        assert studies == wanted  # one SR per scan, in its study
+        assert node.metrics.snapshot()["received"] == len(scans)
+    finally:
+        node.stop()
+        orthanc.terminate()
+        orthanc.wait(timeout=30)
