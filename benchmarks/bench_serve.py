@@ -1,6 +1,7 @@
 """Load and fault benchmark of the DICOM AI node (not a test).
 
-``PYTHONPATH=. python benchmarks/bench_serve.py [N] [ASSOCIATIONS]`` (needs Debian's ``orthanc``)
+``PYTHONPATH=. python benchmarks/bench_serve.py [N] [ASSOCIATIONS] [c-store|stow]`` (needs
+Debian's ``orthanc``; ``stow``: results by STOW-RS, needs ``orthanc-dicomweb`` too)
 
 1. **load**: N synthetic radiographs (512 px) over several concurrent associations (DCMTK's
    ``storescu`` processes where installed, as a modality sends) into a node
@@ -56,6 +57,7 @@ log = logging.getLogger("bench_serve")
 BATCH = 8
 # how the node sends its results, as conf/serve.yaml ships it
 SENDING = {"associations": OmegaConf.load(ROOT / "conf/serve.yaml").destination.associations}
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian's orthanc-dicomweb
 MODEL_PX = 224  # the input size of chestxr's real-data experiments
 SOURCE_PX = 512
 
@@ -169,12 +171,18 @@ def bare_forward(ckpt: Path, files: list[Path], repeats: int = 3) -> dict[str, f
     }
 
 
-def load_run(ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: int) -> dict:
+def load_run(
+    ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: int, stow: bool = False
+) -> dict:
     from chestxr.serve.node import Node
 
     cfg = node_config(ckpt, tmp / "load/state", cams=False, batch_size=BATCH, http_port=None)
-    orthanc, http, dicom = start_orthanc(tmp / "load/orthanc", cfg["port"])
-    cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC", **SENDING}
+    plugins = {"Plugins": [DICOMWEB_PLUGIN]} if stow else {}
+    orthanc, http, dicom = start_orthanc(tmp / "load/orthanc", cfg["port"], **plugins)
+    if stow:  # results by STOW-RS to Orthanc's DICOMweb plugin
+        cfg["destination"] = {"stow_url": f"http://127.0.0.1:{http}/dicom-web", **SENDING}
+    else:
+        cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC", **SENDING}
     node = Node(cfg).start()
     try:
         send_all(cfg["port"], warm, 1, {})  # warm-up of the whole path
@@ -207,6 +215,7 @@ def load_run(ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: 
         orthanc.wait(timeout=60)
     return {
         "modality": "DCMTK storescu processes" if storescu else "pynetdicom threads (no DCMTK)",
+        "results_by": "STOW-RS" if stow else "C-STORE",
         "node_img_s": len(files) / elapsed,
         "elapsed_s": elapsed,
         # CPU seconds over the run: this process (the node, and the waiting benchmark), the PACS
@@ -327,7 +336,7 @@ def pacs_down_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int, down_s: 
     }
 
 
-def main(n: int = 32, associations: int = 4) -> dict:
+def main(n: int = 32, associations: int = 4, results_by: str = "c-store") -> dict:
     logging.basicConfig(level=logging.WARNING)
     # refused connections while a node or Orthanc is down are the point of the fault runs
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
@@ -345,7 +354,13 @@ def main(n: int = 32, associations: int = 4) -> dict:
     report: dict[str, Any] = {"n": n, "associations": associations, "batch_size": BATCH}
     bare_files = batch("b", n, 0)
     before = bare_forward(ckpt, bare_files)
-    report["load"] = load_run(ckpt, batch("l", n, 1000), batch("w", BATCH, 5000), tmp, associations)
+    if results_by not in ("c-store", "stow"):
+        raise SystemExit(f"results by c-store or stow, not {results_by!r}")
+    stow = results_by == "stow"
+    if stow and not Path(DICOMWEB_PLUGIN).exists():
+        raise SystemExit(f"results by STOW-RS need Orthanc's DICOMweb plugin ({DICOMWEB_PLUGIN})")
+    load = load_run(ckpt, batch("l", n, 1000), batch("w", BATCH, 5000), tmp, associations, stow)
+    report["load"] = load
     after = bare_forward(ckpt, bare_files)  # just after the node's run: the load is alike
     report["bare_before_after"] = [before, after]
     # the faster (and the lower CPU per image) of the two: a strict baseline
@@ -362,7 +377,7 @@ def main(n: int = 32, associations: int = 4) -> dict:
     report["ceiling"] = bare["model_cpu_ms_per_img"] / sum(load["cpu_ms_per_instance"].values())
     print(
         f"\nN={n} over {associations} associations, {SOURCE_PX} px sources, {MODEL_PX} px model, "
-        "CAMs off, "
+        f"CAMs off, results by {load['results_by']}, "
         f"batch {BATCH}; load average {report['loadavg_before']} -> {report['loadavg_after']} "
         f"on {report['cpus']} CPUs"
     )
@@ -395,5 +410,5 @@ def main(n: int = 32, associations: int = 4) -> dict:
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:3]]
-    main(*args)
+    args: list[Any] = [int(a) for a in sys.argv[1:3]]
+    main(*args, *sys.argv[3:4])

@@ -12,11 +12,36 @@ from chestxr.serve.http import make_server, serve_in_thread
 from chestxr.serve.metrics import Metrics
 from chestxr.serve.sender import Destination, Sender
 from chestxr.serve.spool import Spool
+from chestxr.serve.stow import StowClient
 from chestxr.serve.worker import Scorer, Worker
 
 log = logging.getLogger(__name__)
 # highdicom logs the source UIDs it copies at INFO: no identifiers in our logs
 logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
+def _destination(dest: Any, our_ae_title: str) -> Destination | None:
+    """The results' destination from the ``destination`` config: C-STORE to ``host`` or, with
+    ``stow_url``, STOW-RS; None (results kept on disk) when neither is set."""
+    stow_url = dest.get("stow_url")
+    if not (dest.get("host") or stow_url):
+        return None
+    if dest.get("host") and stow_url:
+        raise ValueError(
+            "set destination.host (results by C-STORE) or destination.stow_url (by STOW-RS), "
+            "not both"
+        )
+    tls = scp.destination_tls_context(**(dest.get("tls") or {}))
+    headers = {str(k): str(v) for k, v in (dest.get("stow_headers") or {}).items()}
+    return Destination(
+        dest.get("host") or "",
+        int(dest.get("port") or 0),
+        dest.get("ae_title") or "",
+        our_ae_title,
+        tls=tls,
+        associations=int(dest.get("associations", 1)),
+        stow=StowClient(stow_url, tls, headers) if stow_url else None,
+    )
 
 
 class Node:
@@ -40,16 +65,7 @@ class Node:
         dest = cfg.get("destination") or {}
         self.sender = Sender(
             self.outbox,
-            Destination(
-                dest["host"],
-                int(dest["port"]),
-                dest["ae_title"],
-                cfg["ae_title"],
-                associations=int(dest.get("associations", 1)),
-                tls=scp.destination_tls_context(**(dest.get("tls") or {})),
-            )
-            if dest.get("host")
-            else None,
+            _destination(dest, cfg["ae_title"]),
             self.metrics,
             received_ns=self._received_ns,
             backoff_s=float(cfg["retry"]["backoff_s"]),

@@ -28,6 +28,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from chestxr.serve.metrics import Metrics
+from chestxr.serve.stow import StowClient
 
 log = logging.getLogger(__name__)
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -67,6 +68,10 @@ class Destination:
     calling_ae_title: str = "CHESTXR"
     tls: object | None = None  # an ssl.SSLContext for a TLS destination
     associations: int = 1  # sent over this many associations at once (a PACS stores in parallel)
+    stow: StowClient | None = None  # set: sent by DICOMweb STOW-RS instead of C-STORE
+
+    def __str__(self) -> str:
+        return self.stow.url if self.stow else f"{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass
@@ -185,10 +190,13 @@ class Sender:
         log.error("result %s not sent: %s; moved to %s", path.name, why, self.rejected)
 
     def send(self, files: list[Path]) -> int:
-        """Send ``files`` over one association; returns how many were accepted."""
+        """Send ``files`` over one association (or one STOW-RS connection); returns how many
+        were accepted."""
         dest = self.destination
         if dest is None:
             return 0
+        if dest.stow is not None:
+            return self._send_stow(dest.stow, files)
         ae = AE(ae_title=dest.calling_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         for sop in RESULT_SOP_CLASSES:
@@ -196,7 +204,7 @@ class Sender:
         tls = (dest.tls, dest.host) if dest.tls is not None else None
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls)
         if not assoc.is_established:
-            self._failed(files, f"no association with {dest.ae_title}@{dest.host}:{dest.port}")
+            self._failed(files, f"no association with {dest}")
             return 0
         ok = 0
         # a file in a transfer syntax the PACS accepted is sent as its bytes (pynetdicom streams
@@ -242,6 +250,29 @@ class Sender:
         finally:
             if assoc.is_established:
                 assoc.release()
+        return ok
+
+    def _send_stow(self, stow: StowClient, files: list[Path]) -> int:
+        """STOW-RS ``files`` one by one; once the server is unreachable the rest wait too."""
+        ok = 0
+        for i, path in enumerate(files):
+            try:
+                read_file_meta_info(path)
+            except FileNotFoundError:  # moved away meanwhile: nothing to send
+                self._state.pop(path.name, None)
+                continue
+            except Exception as err:  # not DICOM, truncated...: retrying cannot help
+                self._set_aside(path, f"unreadable: {type(err).__name__}")
+                continue
+            answer = stow.store(path)
+            if answer.outcome == "stored":
+                self._done(path)
+                ok += 1
+            elif answer.outcome == "refused":
+                self._refused(path, answer.reason)
+            else:
+                self._failed(files[i:], f"{self.destination}: {answer.reason}")
+                break
         return ok
 
     def _done(self, path: Path) -> None:
