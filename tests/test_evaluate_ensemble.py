@@ -204,3 +204,44 @@ def test_evaluate_a_two_member_ensemble_with_tta(setup):
     csv = read_predictions(tmp / "run" / "predictions.csv")
     mine = dict(zip(test["path"], test["prob"][:, 0], strict=True))
     assert np.allclose(csv["y_prob"][:, 0], [mine[p] for p in csv["paths"]], atol=1e-6)
+
+
+def test_temperature_scaling_of_an_ensemble_is_fitted_on_its_mean_logit(setup):
+    """With an ensemble, the temperature is fitted on validation to the members' mean logit and
+    calibrates that logit on the test split; the decisions stay those of the uncalibrated mean
+    at its operating point."""
+    from chestxr.evaluation.calibration import apply_temperature, fit_temperature, logit
+
+    tmp, ckpts = setup["tmp"], setup["ckpts"]
+    out = tmp / "calibrated"
+    overrides = [o for o in OVERRIDES if o.startswith("data.")]
+    cfg = compose_config(
+        "evaluate",
+        out,
+        [
+            *overrides,
+            f"ckpt_path=[{ckpts[0]},{ckpts[1]}]",
+            "evaluation.temperature_scaling=true",
+            "evaluation.n_bootstrap=20",
+        ],
+    )
+    evaluate(cfg)
+    written = json.loads((out / "run" / "metrics.json").read_text())["outputs"]["opacity"]
+
+    scorer = Ensemble(setup["members"], [IDENTITY])
+    dm = instantiate(cfg.data, preprocess=dict(setup["members"][0].hparams.preprocess))
+    val = predict_dataset(scorer, dm.dataset("val", train=False))
+    test = predict_dataset(scorer, dm.dataset("test", train=False))
+    temperature = fit_temperature(val["logit"], val["target"])
+    assert written["threshold_rule"]["temperature"] == pytest.approx(temperature, rel=1e-6)
+    assert not math.isclose(temperature, 1.0, rel_tol=1e-3)  # it calibrates
+    calibrated = dict(
+        zip(test["path"], apply_temperature(test["logit"], temperature)[:, 0], strict=True)
+    )
+    csv = read_predictions(out / "run" / "predictions.csv")
+    assert np.allclose(csv["y_prob"][:, 0], [calibrated[p] for p in csv["paths"]], atol=1e-6)
+    # the operating point moved with the probabilities: the same scans are positive
+    uncalibrated = dict(zip(test["path"], test["prob"][:, 0], strict=True))
+    raw_threshold = float(apply_temperature(logit(written["threshold"]), 1.0 / temperature))
+    raw = np.array([uncalibrated[p] for p in csv["paths"]])
+    assert np.array_equal(csv["y_prob"][:, 0] >= written["threshold"], raw >= raw_threshold - 1e-9)
