@@ -38,6 +38,7 @@ class FakeDicomWeb:
     def __init__(self) -> None:
         self.status = 200
         self.requests: list[tuple[str, dict, list[bytes]]] = []
+        self.client_ports: list[int] = []  # the connection each request came over
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -49,6 +50,7 @@ class FakeDicomWeb:
                 message = BytesParser(policy=HTTP).parsebytes(head + body)
                 parts = [p.get_payload(decode=True) for p in message.iter_parts()]
                 outer.requests.append((self.path, dict(self.headers), parts))
+                outer.client_ports.append(self.client_address[1])
                 uid = str(pydicom.dcmread(io.BytesIO(parts[0])).SOPInstanceUID)
                 item = {"00081155": {"vr": "UI", "Value": [uid]}}
                 if outer.status == 409:
@@ -159,6 +161,25 @@ def test_a_refused_result_is_set_aside_and_an_unavailable_server_is_waited_for(
     finally:
         node.stop()
         server.stop()
+
+
+def test_connections_are_kept_alive_and_shared_across_sending_threads(tmp_path: Path) -> None:
+    """The sender starts new threads for each round of results: they reuse the idle
+    connections instead of opening (and leaving) one each."""
+    server = FakeDicomWeb()
+    client = StowClient(server.url)
+    files = [make_radiograph(tmp_path / f"s{i}.dcm", seed=i) for i in range(4)]
+    try:
+        answers = []
+        for path in files:  # one after the other, each from a thread of its own
+            t = threading.Thread(target=lambda p=path: answers.append(client.store(p)))
+            t.start()
+            t.join()
+        client.close()
+        assert [a.outcome for a in answers] == ["stored"] * 4
+    finally:
+        server.stop()
+    assert len(server.requests) == 4 and len(set(server.client_ports)) == 1
 
 
 def test_a_server_that_is_not_there_is_waited_for_not_refused(tmp_path: Path) -> None:

@@ -131,6 +131,13 @@ class Sender:
         if self.destination is None:
             log.info("no destination configured: results stay in %s", self.outbox)
             return
+        try:
+            self._run(stop)
+        finally:
+            if self.destination.stow is not None:
+                self.destination.stow.close()
+
+    def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             now = time.monotonic()
             due = [p for p in self.waiting() if self._state.get(p.name, _Backoff()).next_try <= now]

@@ -1,5 +1,6 @@
 """Results to a DICOMweb server by STOW-RS (PS3.18 10.5): one instance per request, the file's
-bytes as written, over a kept-alive HTTP(S) connection per sending thread.
+bytes as written, over kept-alive HTTP(S) connections (a pool: each request takes an idle one or
+opens one, and gives it back).
 
 The file is sent as it is on disk (a ``multipart/related; type="application/dicom"`` body of one
 part), never decoded and encoded again; ``dicomweb-client``'s ``store_instances`` takes data sets
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import queue
 import ssl
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,26 +69,28 @@ class StowClient:
         self.tls = tls if tls is not None else ssl.create_default_context()
         self.headers = dict(headers or {})
         self.timeout_s = timeout_s
-        self._local = threading.local()
+        self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue()
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self.scheme == "https":
-                conn = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout_s, context=self.tls
-                )
-            else:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-            self._local.conn = conn
-        return conn
+    def _new(self) -> http.client.HTTPConnection:
+        if self.scheme == "https":
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout_s, context=self.tls
+            )
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+
+    def _take(self) -> http.client.HTTPConnection:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self._new()
 
     def close(self) -> None:
-        """Close this thread's connection (a new one is made when needed)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close the idle connections (new ones are opened when needed)."""
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
     def store(self, path: Path) -> Answer:
         """POST one DICOM file; never raises for what the server or network does."""
@@ -106,19 +109,22 @@ class StowClient:
             "Accept": "application/dicom+json",
             "Content-Length": str(len(body)),
         }
+        conn = self._take()
         for attempt in (1, 2):  # a kept-alive connection the server closed meanwhile: once more
-            conn = self._connection()
             try:
                 conn.request("POST", self.path, body=body, headers=headers)
                 response = conn.getresponse()
                 payload = response.read()
             except (OSError, http.client.HTTPException) as err:
-                self.close()
+                conn.close()
                 if attempt == 2 or isinstance(err, TimeoutError):
                     return Answer("unavailable", f"{type(err).__name__}: {err}")
+                conn = self._new()
                 continue
-            if response.getheader("Connection", "").lower() == "close":
-                self.close()
+            if response.getheader("Connection", "").lower() == "close" or response.will_close:
+                conn.close()
+            else:
+                self._idle.put(conn)
             return judge(response.status, payload)
         return Answer("unavailable", "no answer")  # not reached
 
