@@ -169,19 +169,20 @@ def test_one_checkpoint_in_a_list_is_the_plain_model(setup):
     assert model.thresholds.tolist() == [STORED_THRESHOLD]
 
 
+def _evaluate_both_members(setup, out, *overrides: str):
+    """The ``evaluate`` config of the two-member ensemble on the synthetic task, into ``out``."""
+    data = [o for o in OVERRIDES if o.startswith("data.")]
+    ckpts = setup["ckpts"]
+    return compose_config(
+        "evaluate",
+        out,
+        [*data, f"ckpt_path=[{ckpts[0]},{ckpts[1]}]", "evaluation.n_bootstrap=20", *overrides],
+    )
+
+
 def test_evaluate_a_two_member_ensemble_with_tta(setup):
     tmp, ckpts = setup["tmp"], setup["ckpts"]
-    overrides = [o for o in OVERRIDES if o.startswith("data.")]
-    cfg = compose_config(
-        "evaluate",
-        tmp,
-        [
-            *overrides,
-            f"ckpt_path=[{ckpts[0]},{ckpts[1]}]",
-            "evaluation.tta=standard",
-            "evaluation.n_bootstrap=20",
-        ],
-    )
+    cfg = _evaluate_both_members(setup, tmp, "evaluation.tta=standard")
     metrics = evaluate(cfg)
     written = json.loads((tmp / "run" / "metrics.json").read_text())
     out = written["outputs"]["opacity"]
@@ -212,19 +213,8 @@ def test_temperature_scaling_of_an_ensemble_is_fitted_on_its_mean_logit(setup):
     at its operating point."""
     from chestxr.evaluation.calibration import apply_temperature, fit_temperature, logit
 
-    tmp, ckpts = setup["tmp"], setup["ckpts"]
-    out = tmp / "calibrated"
-    overrides = [o for o in OVERRIDES if o.startswith("data.")]
-    cfg = compose_config(
-        "evaluate",
-        out,
-        [
-            *overrides,
-            f"ckpt_path=[{ckpts[0]},{ckpts[1]}]",
-            "evaluation.temperature_scaling=true",
-            "evaluation.n_bootstrap=20",
-        ],
-    )
+    out = setup["tmp"] / "calibrated"
+    cfg = _evaluate_both_members(setup, out, "evaluation.temperature_scaling=true")
     evaluate(cfg)
     written = json.loads((out / "run" / "metrics.json").read_text())["outputs"]["opacity"]
 

@@ -223,14 +223,16 @@ class Sender:
         try:
             tune(assoc)
             for path in files:
+                meta = self._meta(path)
+                if meta is None:
+                    continue
+                key = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
                 try:
-                    meta = read_file_meta_info(path)
-                    key = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
                     what: Path | Dataset = path if key in as_is else pydicom.dcmread(path)
                 except FileNotFoundError:  # moved away meanwhile: nothing to send
                     self._state.pop(path.name, None)
                     continue
-                except Exception as err:  # not DICOM, truncated...: retrying cannot help
+                except Exception as err:  # truncated after its header...: retrying cannot help
                     self._set_aside(path, f"unreadable: {type(err).__name__}")
                     continue
                 try:
@@ -259,17 +261,22 @@ class Sender:
                 assoc.release()
         return ok
 
+    def _meta(self, path: Path) -> Any:
+        """``path``'s file meta information, or None when there is nothing to send: the file
+        moved away meanwhile, or is not DICOM (set aside at once: retrying cannot help)."""
+        try:
+            return read_file_meta_info(path)
+        except FileNotFoundError:
+            self._state.pop(path.name, None)
+        except Exception as err:
+            self._set_aside(path, f"unreadable: {type(err).__name__}")
+        return None
+
     def _send_stow(self, stow: StowClient, files: list[Path]) -> int:
         """STOW-RS ``files`` one by one; once the server is unreachable the rest wait too."""
         ok = 0
         for i, path in enumerate(files):
-            try:
-                read_file_meta_info(path)
-            except FileNotFoundError:  # moved away meanwhile: nothing to send
-                self._state.pop(path.name, None)
-                continue
-            except Exception as err:  # not DICOM, truncated...: retrying cannot help
-                self._set_aside(path, f"unreadable: {type(err).__name__}")
+            if self._meta(path) is None:
                 continue
             answer = stow.store(path)
             if answer.outcome == "stored":
