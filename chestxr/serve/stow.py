@@ -121,7 +121,7 @@ class StowClient:
                     return Answer("unavailable", f"{type(err).__name__}: {err}")
                 conn = self._new()
                 continue
-            if response.getheader("Connection", "").lower() == "close" or response.will_close:
+            if response.will_close:  # the server ends the connection (Connection: close, HTTP/1.0)
                 conn.close()
             else:
                 self._idle.put(conn)
