@@ -16,6 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from chestxr.serve.sender import COMPREHENSIVE_3D_SR
 from chestxr.serve.stow import StowClient, judge
 from tests.test_serve import (
     free_port,
@@ -25,9 +26,7 @@ from tests.test_serve import (
     wait_for,
 )
 
-pytest.importorskip("pynetdicom")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
 class FakeDicomWeb:
@@ -130,7 +129,7 @@ def test_results_are_stowed_as_written_with_the_configured_headers(
     referenced = set()
     for _, _, parts in server.requests:
         sr = pydicom.dcmread(io.BytesIO(parts[0]))
-        assert sr.SOPClassUID == SR_CLASS
+        assert sr.SOPClassUID == COMPREHENSIVE_3D_SR
         evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
         referenced.add(str(evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
     assert referenced == sources
@@ -237,7 +236,7 @@ def test_results_stowed_to_orthanc_dicomweb(ckpt: Path, tmp_path: Path) -> None:
         assert sorted(t["StudyInstanceUID"] for t in got) == sorted(
             str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in scans
         )
-        assert {t["SOPClassUID"] for t in got} == {SR_CLASS}
+        assert {t["SOPClassUID"] for t in got} == {COMPREHENSIVE_3D_SR}
     finally:
         node.stop()
         orthanc.terminate()

@@ -26,7 +26,6 @@ from tests.test_serve import (
     wait_for,
 )
 
-pytest.importorskip("pynetdicom")
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(not OPENSSL, reason="needs the openssl command (certificates)")
 
