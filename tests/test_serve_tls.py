@@ -245,3 +245,15 @@ def test_storescu_over_tls_to_the_node_over_tls_to_orthanc(
         node.stop()
         orthanc.terminate()
         orthanc.wait(timeout=30)
+
+
+def test_a_ca_without_the_nodes_own_certificate_is_refused_not_ignored(
+    ckpt: Path, pki: Path, tmp_path: Path
+) -> None:
+    """``tls.ca`` alone asks for client certificates, which needs TLS: the node must not start
+    listening in plain DICOM as though nothing had been asked."""
+    from chestxr.serve.node import Node
+
+    cfg = node_config(ckpt, tmp_path / "state", http_port=None, tls={"ca": str(pki / "ca.crt")})
+    with pytest.raises(ValueError, match=re.escape("tls.cert and tls.key")):
+        Node(cfg)

@@ -73,7 +73,9 @@ class Node:
             max_rejections=int(cfg["retry"]["max_rejections"]),
         )
         tls = cfg.get("tls") or {}
-        on = tls.get("cert") or tls.get("key")  # config errors surface here, before any thread
+        # any TLS key set turns TLS on (a ca alone is refused, never ignored); config errors
+        # surface here, before any thread
+        on = any(tls.get(k) for k in ("cert", "key", "ca"))
         self._tls = scp.tls_context(tls.get("cert"), tls.get("key"), tls.get("ca")) if on else None
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -92,7 +92,7 @@ def _existing(path: str | None, key: str) -> str | None:
     return str(Path(path).expanduser())
 
 
-def tls_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
+def tls_context(cert: str | None, key: str | None, ca: str | None = None) -> ssl.SSLContext:
     """The SCP's server TLS context; with ``ca``, clients must present a certificate signed by it.
 
     Raises:
