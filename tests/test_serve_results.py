@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import pydicom
@@ -234,3 +235,69 @@ def test_fast_sr_refuses_a_source_highdicom_refuses(tmp_path):
         results.build_sr(bad, outputs(["opacity"], [0.9], [0.5]), info)
     with pytest.raises(type(slow.value)):
         builder.build(bad, outputs(["opacity"], [0.9], [0.5]))
+
+
+def answer(function, *args):
+    """What ``function(*args)`` returns, or the error it raises (type and message)."""
+    try:
+        return function(*args)
+    except Exception as err:
+        return (type(err).__name__, str(err))
+
+
+def test_memoized_iod_lookups_answer_as_highdicoms_for_every_iod():
+    """The memoized look-ups give highdicom's own answers, for every SOP class in its tables."""
+    from highdicom._standard_utils import get_sop_class_iod_map
+
+    from chestxr.serve import iod_lookups
+
+    iod_lookups.install()
+    uids = sorted(get_sop_class_iod_map())
+    assert len(uids) > 100
+    seen = set()
+    for uid in uids:
+        got = answer(iod_lookups.does_iod_have_pixel_data, uid)
+        assert got == answer(iod_lookups._does_iod_have_pixel_data, uid), uid
+        seen.add(got)
+        for attribute, exclude in [
+            ("ContentDate", None),
+            ("PixelData", ["IconImageSequence"]),
+            ("PixelData", None),
+            ("NumberOfFrames", None),
+        ]:
+            expected = answer(iod_lookups._is_attribute_in_iod, attribute, uid, exclude)
+            for _ in range(2):  # computed, then from the cache
+                got = answer(iod_lookups.is_attribute_in_iod, attribute, uid, exclude)
+                assert got == expected, (attribute, uid, exclude)
+    assert {True, False} <= seen  # images and non-images both looked up
+    with pytest.raises(KeyError, match="No IOD found"):  # an unknown class is still an error
+        iod_lookups.is_attribute_in_iod("PixelData", "1.2.3.4.5")
+
+
+def test_sr_is_the_same_with_highdicoms_own_lookups(tmp_path, monkeypatch):
+    """The builder puts the memoized look-ups in place in highdicom; the SR built with
+    highdicom's original ones is the same, element for element."""
+    import highdicom.base
+    import highdicom.base_content
+
+    from chestxr.serve import iod_lookups
+
+    builder = results.ReportBuilder(BINARY)
+    assert highdicom.base.is_attribute_in_iod is iod_lookups.is_attribute_in_iod
+    assert highdicom.base_content.does_iod_have_pixel_data is iod_lookups.does_iod_have_pixel_data
+    result = outputs(["opacity"], [0.7], [0.5])
+    scans = sources(tmp_path)
+    memoized = [canonical(builder.build(s, result)) for s in scans]
+    originals = {
+        iod_lookups.is_attribute_in_iod: iod_lookups._is_attribute_in_iod,
+        iod_lookups.does_iod_have_pixel_data: iod_lookups._does_iod_have_pixel_data,
+    }
+    for name, module in list(sys.modules.items()):
+        if name.startswith("highdicom"):
+            for attr, value in list(vars(module).items()):
+                if any(value is memo for memo in originals):
+                    monkeypatch.setattr(module, attr, originals[value])
+    assert highdicom.base.is_attribute_in_iod is iod_lookups._is_attribute_in_iod
+    plain = [canonical(results.build_sr(s, result, BINARY)) for s in scans]
+    for a, b in zip(memoized, plain, strict=True):
+        assert differences(a, b) == []
