@@ -57,7 +57,7 @@ def install() -> list[str]:
     """
     replaced = []
     for module_name, module in list(sys.modules.items()):
-        if module is None or not (module_name == "highdicom" or module_name.startswith("highdicom.")):
+        if module is None or module_name.partition(".")[0] != "highdicom":
             continue
         for name, value in list(vars(module).items()):
             for original, memoized in _MEMOIZED:
