@@ -1,7 +1,9 @@
 """Load and fault benchmark of the DICOM AI node (not a test).
 
-``PYTHONPATH=. python benchmarks/bench_serve.py [N] [ASSOCIATIONS] [c-store|stow]`` (needs
-Debian's ``orthanc``; ``stow``: results by STOW-RS, needs ``orthanc-dicomweb`` too)
+``PYTHONPATH=. python benchmarks/bench_serve.py [N] [ASSOCIATIONS] [c-store|stow] [MODEL_PX]``
+(needs Debian's ``orthanc``; ``stow``: results by STOW-RS, needs ``orthanc-dicomweb`` too;
+``MODEL_PX``: the model's input size, 224 by default; a larger one costs more per forward pass
+while the node's own work per instance stays the same)
 
 1. **load**: N synthetic radiographs (512 px) over several concurrent associations (DCMTK's
    ``storescu`` processes where installed, as a modality sends) into a node
@@ -132,6 +134,12 @@ def send_storescu(storescu: str, port: int, files: list[Path], associations: int
     return sum(p.wait(timeout=900) == 0 for p in procs)
 
 
+def stored(http: int) -> int:
+    """How many instances Orthanc holds (its statistics: cheaper for Orthanc to answer, every
+    0.1 s of a run, than the list of instances)."""
+    return int(rest(http, "/statistics")["CountInstances"])
+
+
 def results_per_source(http: int) -> dict[str, int]:
     """How many result instances Orthanc holds per source study (one study per source here)."""
     out: dict[str, int] = {}
@@ -186,7 +194,7 @@ def load_run(
     node = Node(cfg).start()
     try:
         send_all(cfg["port"], warm, 1, {})  # warm-up of the whole path
-        wait_for(lambda: len(rest(http, "/instances")) >= len(warm), timeout=300)
+        wait_for(lambda: stored(http) >= len(warm), timeout=300)
         before = len(node.metrics.latencies("sent"))
         acked: dict[str, float] = {}
         storescu = dcmtk_storescu()
@@ -199,7 +207,7 @@ def load_run(
         else:  # threads of this process: they take the node's interpreter lock too
             send_all(cfg["port"], files, assoc, acked)
         sent_s = time.perf_counter() - t
-        wait_for(lambda: len(rest(http, "/instances")) >= len(warm) + len(files), timeout=900)
+        wait_for(lambda: stored(http) >= len(warm) + len(files), timeout=900)
         elapsed = time.perf_counter() - t
         cpu = {k: _cpu_s(p) - cpu0[k] for k, p in (("node", os.getpid()), ("orthanc", orthanc.pid))}
         cpu["modality"] = _children_cpu_s() - modality0  # storescu (0 with pynetdicom threads)
@@ -243,7 +251,7 @@ def kill_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int) -> dict:
     warm, files = files[:BATCH], files[BATCH:]
     try:
         send_all(cfg["port"], warm, 1, {})  # a warm node: results are flowing at the kill
-        wait_for(lambda: len(rest(http, "/instances")) >= len(warm), timeout=300)
+        wait_for(lambda: stored(http) >= len(warm), timeout=300)
 
         def killer() -> None:
             while len(acked) < len(files) // 2:
@@ -256,12 +264,12 @@ def kill_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int) -> dict:
         k.join()
         proc.wait(timeout=60)
         at_kill = len(acked)
-        in_orthanc_at_kill = len(rest(http, "/instances")) - len(warm)
+        in_orthanc_at_kill = stored(http) - len(warm)
         t = time.perf_counter()
         proc = start_node_process(cfg, node_log)
         unacked = [p for p in files if str(p) not in acked]
         send_all(cfg["port"], unacked, assoc, acked)  # the modality retries what failed
-        wait_for(lambda: len(rest(http, "/instances")) >= len(warm) + len(files), timeout=900)
+        wait_for(lambda: stored(http) >= len(warm) + len(files), timeout=900)
         time.sleep(2.0)  # anything sent twice would show now
         recovery = time.perf_counter() - t
         per = results_per_source(http)
@@ -304,7 +312,7 @@ def pacs_down_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int, down_s: 
         half = len(files) // 2
         sender = threading.Thread(target=send_all, args=(cfg["port"], files[:half], assoc, {}))
         sender.start()
-        wait_for(lambda: len(rest(http, "/instances")) >= 1, timeout=300)
+        wait_for(lambda: stored(http) >= 1, timeout=300)
         orthanc.terminate()  # mid-stream: the first half is still being scored and sent
         orthanc.wait(timeout=60)
         stopped_with = node.metrics.snapshot()["sent"]
@@ -315,7 +323,7 @@ def pacs_down_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int, down_s: 
         waiting = len(node.sender.waiting())
         t = time.perf_counter()
         orthanc, http, _ = start_orthanc(tmp / "down/orthanc", cfg["port"], http, dicom)
-        wait_for(lambda: len(rest(http, "/instances")) >= len(files), timeout=900)
+        wait_for(lambda: stored(http) >= len(files), timeout=900)
         caught_up = time.perf_counter() - t
         time.sleep(2.0)
         per = results_per_source(http)
@@ -336,12 +344,14 @@ def pacs_down_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int, down_s: 
     }
 
 
-def main(n: int = 32, associations: int = 4, results_by: str = "c-store") -> dict:
+def main(
+    n: int = 32, associations: int = 4, results_by: str = "c-store", model_px: int = MODEL_PX
+) -> dict:
     logging.basicConfig(level=logging.WARNING)
     # refused connections while a node or Orthanc is down are the point of the fault runs
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
-    ckpt = make_checkpoint(tmp / "m.ckpt", image_size=MODEL_PX)
+    ckpt = make_checkpoint(tmp / "m.ckpt", image_size=model_px)
     (tmp / "in").mkdir()
 
     def batch(tag: str, k: int, offset: int) -> list[Path]:
@@ -351,7 +361,12 @@ def main(n: int = 32, associations: int = 4, results_by: str = "c-store") -> dic
         ]
 
     load_before = os.getloadavg()
-    report: dict[str, Any] = {"n": n, "associations": associations, "batch_size": BATCH}
+    report: dict[str, Any] = {
+        "n": n,
+        "associations": associations,
+        "batch_size": BATCH,
+        "model_px": model_px,
+    }
     bare_files = batch("b", n, 0)
     before = bare_forward(ckpt, bare_files)
     if results_by not in ("c-store", "stow"):
@@ -376,7 +391,7 @@ def main(n: int = 32, associations: int = 4, results_by: str = "c-store") -> dic
     # forward's CPU per image over all the CPU one instance costs (node, PACS and modality)
     report["ceiling"] = bare["model_cpu_ms_per_img"] / sum(load["cpu_ms_per_instance"].values())
     print(
-        f"\nN={n} over {associations} associations, {SOURCE_PX} px sources, {MODEL_PX} px model, "
+        f"\nN={n} over {associations} associations, {SOURCE_PX} px sources, {model_px} px model, "
         f"CAMs off, results by {load['results_by']}, "
         f"batch {BATCH}; load average {report['loadavg_before']} -> {report['loadavg_after']} "
         f"on {report['cpus']} CPUs"
@@ -410,5 +425,6 @@ def main(n: int = 32, associations: int = 4, results_by: str = "c-store") -> dic
 
 
 if __name__ == "__main__":
-    args: list[Any] = [int(a) for a in sys.argv[1:3]]
-    main(*args, *sys.argv[3:4])
+    argv = sys.argv[1:]
+    args: list[Any] = [int(a) for a in argv[:2]] + argv[2:3] + [int(a) for a in argv[3:4]]
+    main(*args)
