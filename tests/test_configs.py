@@ -55,6 +55,16 @@ def test_experiments_compose(tmp_path, experiment):
     assert cfg.data.classes
 
 
+@pytest.mark.parametrize("name", ["evaluate", "report"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_evaluate_and_report_take_the_experiment_train_took(tmp_path, name, experiment):
+    """``experiment=X`` (as in training, no ``+``) gives evaluate and report that experiment's
+    data: the held-out scans of the run they judge."""
+    trained = compose_config("train", tmp_path, [f"experiment={experiment}"])
+    cfg = compose_config(name, tmp_path, [f"experiment={experiment}", "ckpt_path=m.ckpt"])
+    assert cfg.data == trained.data
+
+
 @pytest.mark.parametrize("name", ["evaluate", "report", "predict"])
 def test_entry_configs_need_a_checkpoint(tmp_path, name):
     if not (REPO_ROOT / "conf" / f"{name}.yaml").exists():
