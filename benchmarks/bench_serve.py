@@ -7,8 +7,8 @@ while the node's own work per instance stays the same)
 
 1. **load**: N synthetic radiographs (512 px) over several concurrent associations (DCMTK's
    ``storescu`` processes where installed, as a modality sends) into a node
-   (Grad-CAM off, a 224 px model as chestxr trains for real data) whose destination is a real
-   Orthanc; throughput against the bare batched
+   (Grad-CAM off, a 224 px model as chestxr trains for real data, or ``MODEL_PX``) whose
+   destination is a real Orthanc; throughput against the bare batched
    forward of the same model (same batch size; both warmed up first; the bare figure is the
    faster of the medians measured just before and just after the node's run), and p50/p95
    latency from reception (the C-STORE) to the result stored in Orthanc (its C-STORE answered).

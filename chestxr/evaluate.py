@@ -1,4 +1,5 @@
-"""``python -m chestxr.evaluate ckpt_path=PATH [data=...]``: metrics on held-out scans.
+"""``python -m chestxr.evaluate ckpt_path=PATH [data=...] [experiment=...]``: metrics on held-out
+scans.
 
 ``ckpt_path=[A,B,...]`` evaluates the seed ensemble of several checkpoints and
 ``evaluation.tta=standard`` adds test-time augmentation (mean logits). The work is

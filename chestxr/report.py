@@ -1,4 +1,5 @@
-"""``python -m chestxr.report ckpt_path=PATH [data=...]``: Grad-CAM report of held-out scans.
+"""``python -m chestxr.report ckpt_path=PATH [data=...] [experiment=...]``: Grad-CAM report of
+held-out scans.
 
 Per scan: the windowed image, one overlay per CAM method and output, probability, decision and
 ground truth; where lesion boxes are known, the pointing game and the IoU of the thresholded CAM;

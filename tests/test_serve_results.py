@@ -245,30 +245,47 @@ def answer(function, *args):
         return (type(err).__name__, str(err))
 
 
-def test_memoized_iod_lookups_answer_as_highdicoms_for_every_iod():
-    """The memoized look-ups give highdicom's own answers, for every SOP class in its tables."""
-    from highdicom._standard_utils import get_sop_class_iod_map
+def test_memoized_iod_lookups_answer_as_highdicoms_for_every_iod(monkeypatch):
+    """The memoized look-ups give highdicom's own answers (computed with none of highdicom's
+    functions replaced), for every SOP class in its tables, as the string highdicom passes or
+    as a plain one, with the exclusions given as highdicom gives them or otherwise."""
+    from highdicom import _standard_utils as standard
+    from pydicom.uid import UID
 
     from chestxr.serve import iod_lookups
 
     iod_lookups.install()
-    uids = sorted(get_sop_class_iod_map())
+    assert standard.is_attribute_in_iod is iod_lookups.is_attribute_in_iod
+    uids = sorted(standard.get_sop_class_iod_map())
     assert len(uids) > 100
+    lookups = [
+        ("ContentDate", None),
+        ("PixelData", ["IconImageSequence"]),
+        ("PixelData", ("IconImageSequence",)),
+        ("PixelData", "IconImageSequence"),  # a string: highdicom tests it by substring
+        ("PixelData", None),
+        ("NumberOfFrames", None),
+    ]
+    with monkeypatch.context() as m:  # highdicom's answers, from highdicom alone
+        m.setattr(standard, "is_attribute_in_iod", iod_lookups._is_attribute_in_iod)
+        m.setattr(standard, "does_iod_have_pixel_data", iod_lookups._does_iod_have_pixel_data)
+        expected = {
+            uid: (
+                answer(standard.does_iod_have_pixel_data, uid),
+                [answer(standard.is_attribute_in_iod, a, uid, e) for a, e in lookups],
+            )
+            for uid in uids
+        }
+    assert standard.is_attribute_in_iod is iod_lookups.is_attribute_in_iod
     seen = set()
     for uid in uids:
-        got = answer(iod_lookups.does_iod_have_pixel_data, uid)
-        assert got == answer(iod_lookups._does_iod_have_pixel_data, uid), uid
-        seen.add(got)
-        for attribute, exclude in [
-            ("ContentDate", None),
-            ("PixelData", ["IconImageSequence"]),
-            ("PixelData", None),
-            ("NumberOfFrames", None),
-        ]:
-            expected = answer(iod_lookups._is_attribute_in_iod, attribute, uid, exclude)
+        pixels, attributes = expected[uid]
+        seen.add(pixels)
+        for as_given in (UID(uid), uid):
             for _ in range(2):  # computed, then from the cache
-                got = answer(iod_lookups.is_attribute_in_iod, attribute, uid, exclude)
-                assert got == expected, (attribute, uid, exclude)
+                assert answer(iod_lookups.does_iod_have_pixel_data, as_given) == pixels, uid
+                got = [answer(iod_lookups.is_attribute_in_iod, a, as_given, e) for a, e in lookups]
+                assert got == attributes, uid
     assert {True, False} <= seen  # images and non-images both looked up
     with pytest.raises(KeyError, match="No IOD found"):  # an unknown class is still an error
         iod_lookups.is_attribute_in_iod("PixelData", "1.2.3.4.5")
@@ -276,7 +293,8 @@ def test_memoized_iod_lookups_answer_as_highdicoms_for_every_iod():
 
 def test_sr_is_the_same_with_highdicoms_own_lookups(tmp_path, monkeypatch):
     """The builder puts the memoized look-ups in place in highdicom; the SR built with
-    highdicom's original ones is the same, element for element."""
+    highdicom's original ones is the same, element for element. (Only a few answers reach an SR;
+    the test above checks every answer.)"""
     import highdicom.base
     import highdicom.base_content
 
@@ -301,3 +319,13 @@ def test_sr_is_the_same_with_highdicoms_own_lookups(tmp_path, monkeypatch):
     plain = [canonical(results.build_sr(s, result, BINARY)) for s in scans]
     for a, b in zip(memoized, plain, strict=True):
         assert differences(a, b) == []
+
+
+def test_without_highdicoms_standard_utils_nothing_is_replaced(monkeypatch):
+    """A highdicom without ``_standard_utils`` (before 0.28) keeps its own look-ups: the node
+    still starts, without the memoization."""
+    from chestxr.serve import iod_lookups
+
+    monkeypatch.setattr(iod_lookups, "_is_attribute_in_iod", None)
+    assert iod_lookups.install() == []
+    results.ReportBuilder(BINARY)  # builds as before
