@@ -141,8 +141,8 @@ class ReportBuilder:
     encoded once, with each instance's own values spliced into its bytes (tracking UIDs, the
     source image reference, probabilities, decisions; :mod:`chestxr.serve.sr_template`). A test
     holds the result equal to :func:`build_sr` element for element over varied sources and
-    results. Building and encoding an SR took ~31 ms with ``build_sr``, ~15 ms with the content
-    filled as a pydicom data set, ~7 ms here (highdicom's document most of it), ~4.5 ms with
+    results. Building and encoding an SR took ~31-35 ms with ``build_sr``, ~15 ms with the content
+    filled as a pydicom data set, ~6-7 ms here (highdicom's document most of it), ~5 ms with
     highdicom's look-ups in the standard's tables memoized (:mod:`chestxr.serve.iod_lookups`).
 
     Args:
@@ -150,7 +150,7 @@ class ReportBuilder:
     """
 
     def __init__(self, info: dict[str, Any]) -> None:
-        iod_lookups.install()  # highdicom's static look-ups, memoized: ~3 ms less per SR
+        iod_lookups.install()  # highdicom's static look-ups, memoized: ~1.3 ms less per SR
         self.info = info
         self._content: dict[tuple, ContentTemplate] = {}  # layout -> its content template
         self._lock = threading.Lock()
