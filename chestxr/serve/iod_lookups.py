@@ -25,8 +25,8 @@ try:
 except ImportError:  # highdicom < 0.28: the look-ups live elsewhere; left as they are
     standard = None
 
-_is_attribute_in_iod: Callable = getattr(standard, "is_attribute_in_iod", None)
-_does_iod_have_pixel_data: Callable = getattr(standard, "does_iod_have_pixel_data", None)
+_is_attribute_in_iod: Callable | None = getattr(standard, "is_attribute_in_iod", None)
+_does_iod_have_pixel_data: Callable | None = getattr(standard, "does_iod_have_pixel_data", None)
 
 
 @functools.lru_cache(maxsize=4096)
