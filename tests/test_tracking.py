@@ -21,9 +21,19 @@ TINY = [
     "data.manifest.size_range=[96,128]",
     "trainer.limit_train_batches=2",
 ]
-HAVE_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
-HAVE_MLFLOW = importlib.util.find_spec("mlflow") is not None
-HAVE_OPTUNA_SWEEPER = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (False too when a parent package is missing)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # find_spec imports the parents: no hydra_plugins at all
+        return False
+
+
+HAVE_TENSORBOARD = installed("tensorboard")
+HAVE_MLFLOW = installed("mlflow")
+HAVE_OPTUNA_SWEEPER = installed("hydra_plugins.hydra_optuna_sweeper")
 
 
 def available_loggers() -> list[str]:

@@ -1,0 +1,49 @@
+"""The lowest-versions CI run pins every ``>=`` bound of pyproject.toml (``.ci/lowest_pins.py``)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
+
+
+def _lowest_pins():
+    spec = importlib.util.spec_from_file_location("lowest_pins", REPO_ROOT / ".ci/lowest_pins.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.pins
+
+
+def test_every_dependency_gets_its_lower_bound_pinned_but_torch() -> None:
+    pins = _lowest_pins()(REPO_ROOT / "pyproject.toml", ["dev", "serve", "dicom"])
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [
+        r for g in ("dev", "serve", "dicom") for r in project["optional-dependencies"][g]
+    ]
+    assert sorted(pins) == sorted(
+        r.replace(">=", "==") for r in wanted if r.split(">=")[0] != "torch"
+    )
+    assert "pydicom==3.0.1" in pins  # the bound the DICOM code needs (pydicom.encaps.get_frame)
+
+
+@pytest.mark.parametrize(
+    "requirement", ["numpy", "numpy<3", "numpy>=1.25,<3", "numpy==1.25", "numpy[extra]>=1.25"]
+)
+def test_a_requirement_without_a_plain_lower_bound_is_refused(
+    tmp_path: Path, requirement: str
+) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        f'[project]\nname = "x"\ndependencies = ["{requirement}"]\n'
+    )
+    with pytest.raises(SystemExit, match="not of the form name>=version"):
+        _lowest_pins()(tmp_path / "pyproject.toml", [])
+
+
+def test_an_unknown_group_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no optional dependency group"):
+        _lowest_pins()(REPO_ROOT / "pyproject.toml", ["nosuchgroup"])
