@@ -13,6 +13,9 @@ while the node's own work per instance stays the same; ``REPEATS``: load runs, 3
    faster of the medians measured just before and just after the node's run; REPEATS runs, the
    one with the median ratio reported, every ratio printed), and p50/p95
    latency from reception (the C-STORE) to the result stored in Orthanc (its C-STORE answered).
+   Then the **worker pipeline alone**: the same N instances put in a spool beforehand, read,
+   scored and their SRs written with no DICOM traffic, PACS or modality in the run; its ratio to
+   the bare forward is how far the node's in-process work alone is from it on this machine.
 2. **kill -9**: the node as a subprocess (``python -m chestxr.serve``), warmed up by one batch,
    is SIGKILLed mid-stream (half of N acknowledged),
    restarted on the same spool, and the unacknowledged instances are sent again (as a modality
@@ -178,6 +181,38 @@ def bare_forward(ckpt: Path, files: list[Path], repeats: int = 3) -> dict[str, f
         "model_img_s": float(np.median(model)),
         "preprocess_and_model_img_s": float(np.median(both)),
         "model_cpu_ms_per_img": float(np.median(cpu_ms)),  # all cores together
+    }
+
+
+def pipeline_run(ckpt: Path, files: list[Path], tmp: Path) -> dict:
+    """The worker pipeline alone: the spool filled beforehand, then read, scored and written
+    (SRs into the outbox) with no DICOM traffic, PACS or modality in the run: how far the node's
+    in-process work alone is from the bare forward on this machine."""
+    from chestxr.serve.metrics import Metrics
+    from chestxr.serve.spool import Spool
+    from chestxr.serve.worker import Scorer, Worker
+
+    spool = Spool(tmp / "spool")
+    for p in files:
+        spool.put(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID), p.read_bytes())
+    worker = Worker(
+        spool, Scorer(ckpt, cams=False), tmp / "results/outbox", Metrics(), batch_size=BATCH
+    )
+    stop = threading.Event()
+    machine0, cpu0, t = _machine_busy(), time.process_time(), time.perf_counter()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    while spool.counts()["pending"]:
+        time.sleep(0.02)
+    elapsed, cpu, machine1 = time.perf_counter() - t, time.process_time() - cpu0, _machine_busy()
+    stop.set()
+    thread.join()
+    if spool.counts()["done"] != len(files):
+        raise RuntimeError(f"pipeline run: {spool.counts()} for {len(files)} instances")
+    return {
+        "img_s": len(files) / elapsed,
+        "cpu_ms_per_instance": 1000 * cpu / len(files),
+        "machine_busy": 1 - (machine1[1] - machine0[1]) / max(1, machine1[0] - machine0[0]),
     }
 
 
@@ -396,6 +431,12 @@ def main(
     median = sorted(range(repeats), key=ratios.__getitem__)[repeats // 2]
     report["load"], report["bare"] = loads[median], stricts[median]
     report["load_ratios"], report["load_runs"], report["bare_runs"] = ratios, loads, bares
+    # the worker pipeline alone, against the faster of the bare runs around it
+    report["pipeline"] = pipeline_run(ckpt, files, tmp / "pipeline")
+    after = bare_forward(ckpt, bare_files)
+    report["pipeline"]["ratio"] = report["pipeline"]["img_s"] / max(
+        bares[-1]["model_img_s"], after["model_img_s"]
+    )
     report["kill9"] = kill_run(ckpt, batch("k", n + BATCH, 2000), tmp, associations)
     report["pacs_down"] = pacs_down_run(ckpt, batch("d", n, 3000), tmp, associations, 5.0)
     report["loadavg_before"] = [round(x, 1) for x in load_before]
@@ -431,6 +472,10 @@ def main(
         ("latency C-STORE -> in Orthanc p50 (s)", load["latency_p50_s"]),
         ("latency C-STORE -> in Orthanc p95 (s)", load["latency_p95_s"]),
         ("load: sources with exactly one result", load["sources_with_one_result"]),
+        ("worker pipeline alone, spool filled (img/s)", report["pipeline"]["img_s"]),
+        ("  ratio to model only", report["pipeline"]["ratio"]),
+        ("  CPU per instance (ms)", report["pipeline"]["cpu_ms_per_instance"]),
+        ("  machine busy during the run", report["pipeline"]["machine_busy"]),
     ]
     rows += [(f"kill -9: {k}", v) for k, v in report["kill9"].items()]
     rows += [(f"PACS down: {k}", v) for k, v in report["pacs_down"].items()]
