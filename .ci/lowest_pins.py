@@ -4,7 +4,7 @@ the optional groups named on the command line), for a run on the lowest versions
 ``torch`` is left out: only one CPU build (2.13.0) is on CI's disk, installed first. A
 requirement in any other form is refused, so that no bound goes untested unnoticed.
 
-    python .ci/lowest_pins.py dev serve > lowest.txt
+    python .ci/lowest_pins.py dev serve dicom > lowest.txt
 """
 
 from __future__ import annotations

@@ -112,6 +112,13 @@ def _machine_busy() -> tuple[int, int]:
     return sum(v), v[3] + v[4]
 
 
+def _busy_since(before: tuple[int, int]) -> float:
+    """How busy the whole machine was since ``before`` (a :func:`_machine_busy` reading): 1.0 is
+    every core, all the time."""
+    now = _machine_busy()
+    return 1 - (now[1] - before[1]) / max(1, now[0] - before[0])
+
+
 def _children_cpu_s() -> float:
     """User + system CPU seconds of this process's finished children (the storescu modality)."""
     use = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -204,7 +211,7 @@ def pipeline_run(ckpt: Path, files: list[Path], tmp: Path) -> dict:
     thread.start()
     while spool.counts()["pending"]:
         time.sleep(0.02)
-    elapsed, cpu, machine1 = time.perf_counter() - t, time.process_time() - cpu0, _machine_busy()
+    elapsed, cpu, busy = time.perf_counter() - t, time.process_time() - cpu0, _busy_since(machine0)
     stop.set()
     thread.join()
     if spool.counts()["done"] != len(files):
@@ -212,7 +219,7 @@ def pipeline_run(ckpt: Path, files: list[Path], tmp: Path) -> dict:
     return {
         "img_s": len(files) / elapsed,
         "cpu_ms_per_instance": 1000 * cpu / len(files),
-        "machine_busy": 1 - (machine1[1] - machine0[1]) / max(1, machine1[0] - machine0[0]),
+        "machine_busy": busy,
     }
 
 
@@ -248,8 +255,7 @@ def load_run(
         elapsed = time.perf_counter() - t
         cpu = {k: _cpu_s(p) - cpu0[k] for k, p in (("node", os.getpid()), ("orthanc", orthanc.pid))}
         cpu["modality"] = _children_cpu_s() - modality0  # storescu (0 with pynetdicom threads)
-        machine1 = _machine_busy()
-        busy = 1 - (machine1[1] - machine0[1]) / max(1, machine1[0] - machine0[0])
+        busy = _busy_since(machine0)
         records = (tmp / "load/state/spool/done").glob("*.json")
         received = sorted(json.loads(r.read_text())["received_ns"] for r in records)[len(warm) :]
         lat = np.asarray(node.metrics.latencies("sent")[before:])
