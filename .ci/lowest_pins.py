@@ -1,7 +1,8 @@
 """Print ``name==X`` for every ``name>=X`` requirement of pyproject.toml (its dependencies and
 the optional groups named on the command line), for a run on the lowest versions it admits.
 
-``torch`` is left out: only one CPU build (2.13.0) is on CI's disk, installed first. A
+torch is pinned too: its lowest admitted release comes from PyPI as a CUDA build (~3 GB with
+its NVIDIA libraries, a few minutes to install), which also runs on a machine without a GPU. A
 requirement in any other form is refused, so that no bound goes untested unnoticed.
 
     python .ci/lowest_pins.py dev serve dicom > lowest.txt
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import tomllib
 
-SKIP = {"torch"}
 LOWER = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)>=([0-9][0-9A-Za-z.]*)$")
 
 
@@ -31,8 +31,7 @@ def pins(pyproject: Path, groups: list[str]) -> list[str]:
         m = LOWER.match(req.replace(" ", ""))
         if m is None:
             raise SystemExit(f"{pyproject}: {req!r} is not of the form name>=version")
-        if m.group(1).lower() not in SKIP:
-            out.append(f"{m.group(1)}=={m.group(2)}")
+        out.append(f"{m.group(1)}=={m.group(2)}")
     return out
 
 
