@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import math
 import sys
@@ -49,6 +50,10 @@ def test_torchscript_equals_eager_in_eval_mode(tmp_path):
 def test_onnx_equals_eager(tmp_path, dynamo):
     if dynamo and importlib.util.find_spec("onnxscript") is None:
         pytest.skip("the torch.export-based ONNX exporter needs onnxscript, not installed")
+    if dynamo and "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        pytest.skip(
+            f"the torch.export-based ONNX exporter needs torch >= 2.5 ({torch.__version__})"
+        )
     import onnxruntime
 
     net, x = _net_and_batch()
@@ -60,6 +65,45 @@ def test_onnx_equals_eager(tmp_path, dynamo):
         for batch in (x, other):
             (got,) = session.run(["logits"], {"image": batch.numpy()})
             assert np.abs(got - net.eval()(batch).numpy()).max() < 1e-4
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
+    reason="ONNX export needs the optional packages onnx and onnxruntime; not installed here",
+)
+def test_onnx_export_on_a_torch_without_the_dynamo_switch(tmp_path, monkeypatch):
+    """torch < 2.5: ``torch.onnx.export`` has no ``dynamo=`` (the TorchScript-based exporter
+    alone). The default export still works there; ``dynamo=True`` says what it needs."""
+    import onnxruntime
+
+    real = torch.onnx.export
+    calls = []
+
+    def old_export(model, args, f, *, input_names, output_names, dynamic_axes, opset_version):
+        calls.append(1)
+        kwargs = {"dynamo": False} if "dynamo" in inspect.signature(real).parameters else {}
+        real(
+            model,
+            args,
+            f,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=opset_version,
+            **kwargs,
+        )
+
+    monkeypatch.setattr(torch.onnx, "export", old_export)
+    net, x = _net_and_batch()
+    path = export_onnx(net, x, tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["logits"], {"image": x.numpy()})
+    with torch.no_grad():
+        assert np.abs(got - net.eval()(x).numpy()).max() < 1e-4
+    assert calls == [1]
+    with pytest.raises(RuntimeError, match=r"needs torch >= 2.5.*dynamo=False"):
+        export_onnx(net, x, tmp_path / "other.onnx", dynamo=True)
+    assert not (tmp_path / "other.onnx").exists()
 
 
 def test_onnx_without_onnx_says_what_to_install(tmp_path, monkeypatch):

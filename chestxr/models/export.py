@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,9 @@ def export_onnx(
 
     Raises:
         ModuleNotFoundError: ``onnx`` (or, with ``dynamo``, ``onnxscript``) is not installed.
+        RuntimeError: ``dynamo`` with a torch older than 2.5, which lacks that exporter's switch.
     """
+    exporter = _exporter_choice(dynamo)
     for package in ("onnx", "onnxscript") if dynamo else ("onnx",):
         if importlib.util.find_spec(package) is None:
             raise ModuleNotFoundError(
@@ -95,11 +98,25 @@ def export_onnx(
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             opset_version=opset,
-            dynamo=dynamo,
+            **exporter,
         )
 
     with _eval_mode(net), torch.no_grad():
         return atomic_write(path, write, overwrite=True)
+
+
+def _exporter_choice(dynamo: bool) -> dict[str, bool]:
+    """``torch.onnx.export``'s exporter switch: ``dynamo=`` exists from torch 2.5 (and defaults
+    to True from 2.9, so it is always passed where it exists); older torch has the
+    TorchScript-based exporter alone."""
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        return {"dynamo": dynamo}
+    if dynamo:
+        raise RuntimeError(
+            f"the torch.export-based ONNX exporter (dynamo=True) needs torch >= 2.5, not "
+            f"{torch.__version__}; export with dynamo=False (the TorchScript-based exporter)"
+        )
+    return {}
 
 
 def write_model_card(path: str | Path, card: dict[str, Any]) -> Path:
