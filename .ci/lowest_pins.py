@@ -5,7 +5,7 @@ torch is pinned too: its lowest admitted release comes from PyPI as a CUDA build
 its NVIDIA libraries, a few minutes to install), which also runs on a machine without a GPU. A
 requirement in any other form is refused, so that no bound goes untested unnoticed.
 
-    python .ci/lowest_pins.py dev serve dicom > lowest.txt
+    python .ci/lowest_pins.py dev serve dicom tracking sweep export > lowest.txt
 """
 
 from __future__ import annotations
