@@ -1,8 +1,8 @@
 """Print ``name==X`` for every ``name>=X`` requirement of pyproject.toml (its dependencies and
 the optional groups named on the command line), for a run on the lowest versions it admits.
 
-torch is pinned too: its lowest admitted release comes from PyPI as a CUDA build (~3 GB with
-its NVIDIA libraries, a few minutes to install), which also runs on a machine without a GPU. A
+torch is pinned too: its lowest admitted release comes from PyPI as a CUDA build (~3 GB to
+download with its NVIDIA libraries, ~5.5 GB installed), which also runs without a GPU. A
 requirement in any other form is refused, so that no bound goes untested unnoticed.
 
     python .ci/lowest_pins.py dev serve dicom tracking sweep export > lowest.txt

@@ -79,19 +79,12 @@ def test_onnx_export_on_a_torch_without_the_dynamo_switch(tmp_path, monkeypatch)
     real = torch.onnx.export
     calls = []
 
-    def old_export(model, args, f, *, input_names, output_names, dynamic_axes, opset_version):
+    def old_export(*args, **kwargs):  # no dynamo= in its signature, as before torch 2.5
+        assert "dynamo" not in kwargs
         calls.append(1)
-        kwargs = {"dynamo": False} if "dynamo" in inspect.signature(real).parameters else {}
-        real(
-            model,
-            args,
-            f,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
-            opset_version=opset_version,
-            **kwargs,
-        )
+        if "dynamo" in inspect.signature(real).parameters:  # today's torch: its old exporter
+            kwargs["dynamo"] = False
+        real(*args, **kwargs)
 
     monkeypatch.setattr(torch.onnx, "export", old_export)
     net, x = _net_and_batch()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,13 @@ def _lowest_pins():
 
 
 def _ci_groups() -> list[str]:
-    """The optional groups ``.ci/run`` passes to ``lowest_pins.py``."""
-    line = next(
-        ln for ln in (REPO_ROOT / ".ci/run").read_text().splitlines() if "lowest_pins.py" in ln
+    """The optional groups ``.ci/run`` passes to ``lowest_pins.py`` (its one command line that
+    runs it; comments aside)."""
+    calls = re.findall(
+        r"^\s*python \.ci/lowest_pins\.py ([\w ]*?)\s*>", (REPO_ROOT / ".ci/run").read_text(), re.M
     )
-    return line.split("lowest_pins.py", 1)[1].split(">", 1)[0].split()
+    assert len(calls) == 1, f".ci/run runs lowest_pins.py {len(calls)} times, not once"
+    return calls[0].split()
 
 
 def test_ci_tests_the_bounds_of_every_extra() -> None:
