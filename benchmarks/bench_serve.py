@@ -1,9 +1,16 @@
 """Load and fault benchmark of the DICOM AI node (not a test).
 
-``bench_serve.py [N] [ASSOCIATIONS] [c-store|stow] [MODEL_PX] [REPEATS]`` (with ``PYTHONPATH=.``)
-(needs Debian's ``orthanc``; ``stow``: results by STOW-RS, needs ``orthanc-dicomweb`` too;
-``MODEL_PX``: the model's input size, 224 by default; a larger one costs more per forward pass
-while the node's own work per instance stays the same; ``REPEATS``: load runs, 3 by default)
+``bench_serve.py [N] [ASSOCIATIONS] [c-store|stow] [MODEL_PX] [REPEATS] [--cores split]``
+(with ``PYTHONPATH=.``; needs Debian's ``orthanc``; ``stow``: results by STOW-RS, needs
+``orthanc-dicomweb`` too; ``MODEL_PX``: the model's input size, 224 by default; a larger one costs
+more per forward pass while the node's own work per instance stays the same; ``REPEATS``: load
+runs, 3 by default)
+
+``--cores shared`` (the default): the node, Orthanc and the modality share every core, and the
+bare forward has them all to itself. ``--cores split``: the node (this process, its torch threads
+set to its cores) and the bare forward run on the upper half of the CPUs, Orthanc and ``storescu``
+on the lower half, as when the PACS and the modality are other machines: the node is measured
+against the same model on the same cores.
 
 1. **load**: N synthetic radiographs (512 px) over several concurrent associations (DCMTK's
    ``storescu`` processes where installed, as a modality sends) into a node
@@ -29,6 +36,7 @@ Prints a table and writes ``benchmarks/results/serve.json`` (git-ignored).
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import logging
@@ -67,6 +75,34 @@ SENDING = {"associations": OmegaConf.load(ROOT / "conf/serve.yaml").destination.
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian's orthanc-dicomweb
 MODEL_PX = 224  # the input size of chestxr's real-data experiments
 SOURCE_PX = 512
+# ``--cores split``: the CPUs of Orthanc and the modality (None: every core shared)
+OTHER_CPUS: set[int] | None = None
+
+
+def split_cores() -> tuple[set[int], set[int]]:
+    """(the node's CPUs, the PACS's and modality's): the upper and lower half of ours."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--cores split needs at least 2 CPUs")
+    half = len(cpus) // 2
+    return set(cpus[half:]), set(cpus[:half])
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of process ``pid`` to ``cpus`` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
+
+
+def start_pacs(tmp: Path, node_port: int, *args: Any, **settings: Any) -> tuple[Any, int, int]:
+    """Orthanc started by the tests' helper, on the PACS's CPUs under ``--cores split``."""
+    proc, http, dicom = start_orthanc(tmp, node_port, *args, **settings)
+    if OTHER_CPUS:
+        pin(proc.pid, OTHER_CPUS)
+    return proc, http, dicom
 
 
 def send(port: int, paths: list[Path], acked: dict[str, float], stop_after: Any = None) -> None:
@@ -107,14 +143,21 @@ def send_all(port: int, files: list[Path], associations: int, acked: dict[str, f
 
 
 def _machine_busy() -> tuple[int, int]:
-    """(all, idle) jiffies of the machine so far (Linux /proc/stat)."""
-    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(v), v[3] + v[4]
+    """(all, idle) jiffies so far of the CPUs this process runs on (every CPU unless ``--cores
+    split``; Linux /proc/stat)."""
+    mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    total = idle = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name in mine:
+            v = [int(x) for x in fields]
+            total, idle = total + sum(v), idle + v[3] + v[4]
+    return total, idle
 
 
 def _busy_since(before: tuple[int, int]) -> float:
-    """How busy the whole machine was since ``before`` (a :func:`_machine_busy` reading): 1.0 is
-    every core, all the time."""
+    """How busy this process's CPUs were since ``before`` (a :func:`_machine_busy` reading): 1.0
+    is every one of them, all the time."""
     now = _machine_busy()
     return 1 - (now[1] - before[1]) / max(1, now[0] - before[0])
 
@@ -143,7 +186,25 @@ def send_storescu(storescu: str, port: int, files: list[Path], associations: int
         )
         for i in range(associations)
     ]
+    if OTHER_CPUS:  # pinned once started (a preexec_fn would make Python fork the whole process)
+        for proc in procs:
+            pin(proc.pid, OTHER_CPUS)
     return sum(p.wait(timeout=900) == 0 for p in procs)
+
+
+def settle(cond: Any, timeout: float) -> None:
+    """Wait for ``cond()`` checking every 20 ms: a cheap in-process check, so the waiting
+    benchmark, which shares the node's process and CPUs, takes next to nothing from it."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise TimeoutError(f"not done in {timeout} s")
+        time.sleep(0.02)
+
+
+def counted(metrics: Any, name: str) -> int:
+    """The node's counter ``name`` (``sent``: results whose storage the PACS confirmed)."""
+    return int(metrics.snapshot()[name])
 
 
 def stored(http: int) -> int:
@@ -209,8 +270,10 @@ def pipeline_run(ckpt: Path, files: list[Path], tmp: Path) -> dict:
     machine0, cpu0, t = _machine_busy(), time.process_time(), time.perf_counter()
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
-    while spool.counts()["pending"]:
-        time.sleep(0.02)
+    settle(
+        lambda: counted(worker.metrics, "scored") + counted(worker.metrics, "failed") >= len(files),
+        timeout=900,
+    )
     elapsed, cpu, busy = time.perf_counter() - t, time.process_time() - cpu0, _busy_since(machine0)
     stop.set()
     thread.join()
@@ -230,7 +293,7 @@ def load_run(
 
     cfg = node_config(ckpt, tmp / "load/state", cams=False, batch_size=BATCH, http_port=None)
     plugins = {"Plugins": [DICOMWEB_PLUGIN]} if stow else {}
-    orthanc, http, dicom = start_orthanc(tmp / "load/orthanc", cfg["port"], **plugins)
+    orthanc, http, dicom = start_pacs(tmp / "load/orthanc", cfg["port"], **plugins)
     if stow:  # results by STOW-RS to Orthanc's DICOMweb plugin
         cfg["destination"] = {"stow_url": f"http://127.0.0.1:{http}/dicom-web", **SENDING}
     else:
@@ -251,7 +314,9 @@ def load_run(
         else:  # threads of this process: they take the node's interpreter lock too
             send_all(cfg["port"], files, assoc, acked)
         sent_s = time.perf_counter() - t
-        wait_for(lambda: stored(http) >= len(warm) + len(files), timeout=900)
+        # every result's storage confirmed by Orthanc (counted as the node hears it: asking
+        # Orthanc's REST API would cost the node's CPUs and Orthanc's a request every turn)
+        settle(lambda: counted(node.metrics, "sent") >= len(warm) + len(files), timeout=900)
         elapsed = time.perf_counter() - t
         cpu = {k: _cpu_s(p) - cpu0[k] for k, p in (("node", os.getpid()), ("orthanc", orthanc.pid))}
         cpu["modality"] = _children_cpu_s() - modality0  # storescu (0 with pynetdicom threads)
@@ -286,7 +351,7 @@ def load_run(
 
 def kill_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int) -> dict:
     cfg = node_config(ckpt, tmp / "kill/state", cams=False, batch_size=BATCH, http_port=None)
-    orthanc, http, dicom = start_orthanc(tmp / "kill/orthanc", cfg["port"])
+    orthanc, http, dicom = start_pacs(tmp / "kill/orthanc", cfg["port"])
     cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC", **SENDING}
     node_log = tmp / "kill/node.log"
     proc = start_node_process(cfg, node_log)
@@ -348,7 +413,7 @@ def pacs_down_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int, down_s: 
         http_port=None,
         retry={"backoff_s": 0.5, "backoff_max_s": 4.0, "max_rejections": 5},
     )
-    orthanc, http, dicom = start_orthanc(tmp / "down/orthanc", cfg["port"])
+    orthanc, http, dicom = start_pacs(tmp / "down/orthanc", cfg["port"])
     cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC", **SENDING}
     node = Node(cfg).start()
     try:
@@ -365,7 +430,7 @@ def pacs_down_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int, down_s: 
         time.sleep(down_s)
         waiting = len(node.sender.waiting())
         t = time.perf_counter()
-        orthanc, http, _ = start_orthanc(tmp / "down/orthanc", cfg["port"], http, dicom)
+        orthanc, http, _ = start_pacs(tmp / "down/orthanc", cfg["port"], http, dicom)
         wait_for(lambda: stored(http) >= len(files), timeout=900)
         caught_up = time.perf_counter() - t
         time.sleep(2.0)
@@ -393,8 +458,16 @@ def main(
     results_by: str = "c-store",
     model_px: int = MODEL_PX,
     repeats: int = 3,
+    cores: str = "shared",
 ) -> dict:
+    global OTHER_CPUS
     logging.basicConfig(level=logging.WARNING)
+    if cores not in ("shared", "split"):
+        raise SystemExit(f"--cores shared or split, not {cores!r}")
+    if cores == "split":  # this process (the node, the bare forward) on its half of the CPUs
+        node_cpus, OTHER_CPUS = split_cores()
+        pin(os.getpid(), node_cpus)
+        torch.set_num_threads(len(node_cpus))
     # refused connections while a node or Orthanc is down are the point of the fault runs
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
@@ -413,6 +486,9 @@ def main(
         "associations": associations,
         "batch_size": BATCH,
         "model_px": model_px,
+        "cores": cores,
+        "node_cpus": sorted(os.sched_getaffinity(0)),
+        "pacs_and_modality_cpus": sorted(OTHER_CPUS or os.sched_getaffinity(0)),
     }
     bare_files = batch("b", n, 0)
     before = bare_forward(ckpt, bare_files)
@@ -450,14 +526,18 @@ def main(
     report["cpus"] = os.cpu_count()
     report["torch_threads"] = torch.get_num_threads()
     bare, load = report["bare"], report["load"]
-    # the ratio the node could reach on this machine if every core were busy all the time: the
-    # forward's CPU per image over all the CPU one instance costs (node, PACS and modality)
-    report["ceiling"] = bare["model_cpu_ms_per_img"] / sum(load["cpu_ms_per_instance"].values())
+    # the ratio the node could reach on this machine if its cores were busy all the time: the
+    # forward's CPU per image over all the CPU one instance costs on them (node, PACS and
+    # modality; the node's alone under --cores split)
+    per = load["cpu_ms_per_instance"]
+    spent = per["node"] if OTHER_CPUS else sum(per.values())
+    report["ceiling"] = bare["model_cpu_ms_per_img"] / spent
     print(
         f"\nN={n} over {associations} associations, {SOURCE_PX} px sources, {model_px} px model, "
-        f"CAMs off, results by {load['results_by']}, "
-        f"batch {BATCH}; load average {report['loadavg_before']} -> {report['loadavg_after']} "
-        f"on {report['cpus']} CPUs"
+        f"CAMs off, results by {load['results_by']}, batch {BATCH}, node on CPUs "
+        f"{report['node_cpus']} with {report['torch_threads']} torch threads, PACS and modality on "
+        f"{report['pacs_and_modality_cpus']}; load average {report['loadavg_before']} -> "
+        f"{report['loadavg_after']} on {report['cpus']} CPUs"
     )
     rows = [
         ("bare forward, model only (img/s)", bare["model_img_s"]),
@@ -473,15 +553,15 @@ def main(
         ("  CPU per instance: Orthanc (ms)", load["cpu_ms_per_instance"]["orthanc"]),
         ("  CPU per instance: modality (ms)", load["cpu_ms_per_instance"]["modality"]),
         ("  CPU per image: bare forward (ms)", bare["model_cpu_ms_per_img"]),
-        ("  ceiling: bare CPU / all CPU per instance", report["ceiling"]),
-        ("  machine busy during the run", load["machine_busy"]),
+        ("  ceiling: bare CPU / all CPU per instance on its CPUs", report["ceiling"]),
+        ("  node's CPUs busy during the run", load["machine_busy"]),
         ("latency C-STORE -> in Orthanc p50 (s)", load["latency_p50_s"]),
         ("latency C-STORE -> in Orthanc p95 (s)", load["latency_p95_s"]),
         ("load: sources with exactly one result", load["sources_with_one_result"]),
         ("worker pipeline alone, spool filled (img/s)", report["pipeline"]["img_s"]),
         ("  ratio to model only", report["pipeline"]["ratio"]),
         ("  CPU per instance (ms)", report["pipeline"]["cpu_ms_per_instance"]),
-        ("  machine busy during the run", report["pipeline"]["machine_busy"]),
+        ("  node's CPUs busy during the run", report["pipeline"]["machine_busy"]),
     ]
     rows += [(f"kill -9: {k}", v) for k, v in report["kill9"].items()]
     rows += [(f"PACS down: {k}", v) for k, v in report["pacs_down"].items()]
@@ -496,6 +576,11 @@ def main(
 
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    args: list[Any] = [int(a) for a in argv[:2]] + argv[2:3] + [int(a) for a in argv[3:5]]
-    main(*args)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("n", type=int, nargs="?", default=32, help="instances per run")
+    parser.add_argument("associations", type=int, nargs="?", default=4)
+    parser.add_argument("results_by", nargs="?", default="c-store", choices=["c-store", "stow"])
+    parser.add_argument("model_px", type=int, nargs="?", default=MODEL_PX)
+    parser.add_argument("repeats", type=int, nargs="?", default=3, help="load runs")
+    parser.add_argument("--cores", default="shared", choices=["shared", "split"])
+    main(**vars(parser.parse_args()))
