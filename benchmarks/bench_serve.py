@@ -1,6 +1,6 @@
 """Load and fault benchmark of the DICOM AI node (not a test).
 
-``bench_serve.py [N] [ASSOCIATIONS] [c-store|stow] [MODEL_PX] [REPEATS] [--cores split]``
+``bench_serve.py [N] [ASSOCIATIONS] [c-store|stow] [MODEL_PX] [REPEATS] [--cores shared|split]``
 (with ``PYTHONPATH=.``; needs Debian's ``orthanc``; ``stow``: results by STOW-RS, needs
 ``orthanc-dicomweb`` too; ``MODEL_PX``: the model's input size, 224 by default; a larger one costs
 more per forward pass while the node's own work per instance stays the same; ``REPEATS``: load
@@ -9,8 +9,10 @@ runs, 3 by default)
 ``--cores shared`` (the default): the node, Orthanc and the modality share every core, and the
 bare forward has them all to itself. ``--cores split``: the node (this process, its torch threads
 set to its cores) and the bare forward run on the upper half of the CPUs, Orthanc and ``storescu``
-on the lower half, as when the PACS and the modality are other machines: the node is measured
-against the same model on the same cores.
+on the lower half, standing in for the PACS and the modality on other machines (they still share
+the host's caches, memory and loopback network): the node is measured against the same model on
+the same cores. (The halves of the CPU list: on a host with SMT they may split one core's
+hardware threads.)
 
 1. **load**: N synthetic radiographs (512 px) over several concurrent associations (DCMTK's
    ``storescu`` processes where installed, as a modality sends) into a node
@@ -48,6 +50,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +63,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from chestxr.serve.metrics import Metrics  # noqa: E402
 from tests.test_serve import (  # noqa: E402
     make_checkpoint,
     make_radiograph,
@@ -88,6 +93,21 @@ def split_cores() -> tuple[set[int], set[int]]:
     return set(cpus[half:]), set(cpus[:half])
 
 
+@contextmanager
+def started_on(cpus: set[int] | None) -> Iterator[None]:
+    """Processes started inside run on ``cpus`` from their first instruction (a child inherits
+    the affinity of the thread that starts it; None: unchanged)."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def pin(pid: int, cpus: set[int]) -> None:
     """Pin every thread of process ``pid`` to ``cpus`` (threads it starts later inherit it)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -97,12 +117,12 @@ def pin(pid: int, cpus: set[int]) -> None:
             continue
 
 
-def start_pacs(tmp: Path, node_port: int, *args: Any, **settings: Any) -> tuple[Any, int, int]:
+def start_pacs(
+    tmp: Path, node_port: int, *args: Any, **settings: Any
+) -> tuple[subprocess.Popen, int, int]:
     """Orthanc started by the tests' helper, on the PACS's CPUs under ``--cores split``."""
-    proc, http, dicom = start_orthanc(tmp, node_port, *args, **settings)
-    if OTHER_CPUS:
-        pin(proc.pid, OTHER_CPUS)
-    return proc, http, dicom
+    with started_on(OTHER_CPUS):
+        return start_orthanc(tmp, node_port, *args, **settings)
 
 
 def send(port: int, paths: list[Path], acked: dict[str, float], stop_after: Any = None) -> None:
@@ -142,7 +162,7 @@ def send_all(port: int, files: list[Path], associations: int, acked: dict[str, f
         t.join()
 
 
-def _machine_busy() -> tuple[int, int]:
+def _cpu_jiffies() -> tuple[int, int]:
     """(all, idle) jiffies so far of the CPUs this process runs on (every CPU unless ``--cores
     split``; Linux /proc/stat)."""
     mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
@@ -156,9 +176,9 @@ def _machine_busy() -> tuple[int, int]:
 
 
 def _busy_since(before: tuple[int, int]) -> float:
-    """How busy this process's CPUs were since ``before`` (a :func:`_machine_busy` reading): 1.0
+    """How busy this process's CPUs were since ``before`` (a :func:`_cpu_jiffies` reading): 1.0
     is every one of them, all the time."""
-    now = _machine_busy()
+    now = _cpu_jiffies()
     return 1 - (now[1] - before[1]) / max(1, now[0] - before[0])
 
 
@@ -177,22 +197,20 @@ def _cpu_s(pid: int) -> float:
 def send_storescu(storescu: str, port: int, files: list[Path], associations: int) -> int:
     """C-STORE ``files`` with DCMTK's storescu, ``associations`` processes at once (a real
     modality, outside the node's process); returns how many processes ended without error."""
-    procs = [
-        subprocess.Popen(
-            [storescu, "-aet", "MODALITY", "-aec", "CHESTXR", "127.0.0.1", str(port)]
-            + [str(p) for p in files[i::associations]],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for i in range(associations)
-    ]
-    if OTHER_CPUS:  # pinned once started (a preexec_fn would make Python fork the whole process)
-        for proc in procs:
-            pin(proc.pid, OTHER_CPUS)
+    with started_on(OTHER_CPUS):  # (a preexec_fn would make Python fork the whole process)
+        procs = [
+            subprocess.Popen(
+                [storescu, "-aet", "MODALITY", "-aec", "CHESTXR", "127.0.0.1", str(port)]
+                + [str(p) for p in files[i::associations]],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(associations)
+        ]
     return sum(p.wait(timeout=900) == 0 for p in procs)
 
 
-def settle(cond: Any, timeout: float) -> None:
+def settle(cond: Callable[[], bool], timeout: float) -> None:
     """Wait for ``cond()`` checking every 20 ms: a cheap in-process check, so the waiting
     benchmark, which shares the node's process and CPUs, takes next to nothing from it."""
     end = time.monotonic() + timeout
@@ -202,14 +220,16 @@ def settle(cond: Any, timeout: float) -> None:
         time.sleep(0.02)
 
 
-def counted(metrics: Any, name: str) -> int:
-    """The node's counter ``name`` (``sent``: results whose storage the PACS confirmed)."""
-    return int(metrics.snapshot()[name])
+def counted(metrics: Metrics, *names: str) -> int:
+    """The sum of the node's counters ``names`` (``sent``: results whose storage the PACS
+    confirmed)."""
+    counts = metrics.snapshot()
+    return sum(int(counts[name]) for name in names)
 
 
 def stored(http: int) -> int:
-    """How many instances Orthanc holds (its statistics: cheaper for Orthanc to answer, every
-    0.1 s of a run, than the list of instances)."""
+    """How many instances Orthanc holds (its statistics: cheaper for Orthanc to answer than the
+    list of instances)."""
     return int(rest(http, "/statistics")["CountInstances"])
 
 
@@ -248,7 +268,7 @@ def bare_forward(ckpt: Path, files: list[Path], repeats: int = 3) -> dict[str, f
     return {
         "model_img_s": float(np.median(model)),
         "preprocess_and_model_img_s": float(np.median(both)),
-        "model_cpu_ms_per_img": float(np.median(cpu_ms)),  # all cores together
+        "model_cpu_ms_per_img": float(np.median(cpu_ms)),  # all its threads together
     }
 
 
@@ -267,14 +287,11 @@ def pipeline_run(ckpt: Path, files: list[Path], tmp: Path) -> dict:
         spool, Scorer(ckpt, cams=False), tmp / "results/outbox", Metrics(), batch_size=BATCH
     )
     stop = threading.Event()
-    machine0, cpu0, t = _machine_busy(), time.process_time(), time.perf_counter()
+    jiffies0, cpu0, t = _cpu_jiffies(), time.process_time(), time.perf_counter()
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
-    settle(
-        lambda: counted(worker.metrics, "scored") + counted(worker.metrics, "failed") >= len(files),
-        timeout=900,
-    )
-    elapsed, cpu, busy = time.perf_counter() - t, time.process_time() - cpu0, _busy_since(machine0)
+    settle(lambda: counted(worker.metrics, "scored", "failed") >= len(files), timeout=900)
+    elapsed, cpu, busy = time.perf_counter() - t, time.process_time() - cpu0, _busy_since(jiffies0)
     stop.set()
     thread.join()
     if spool.counts()["done"] != len(files):
@@ -282,7 +299,7 @@ def pipeline_run(ckpt: Path, files: list[Path], tmp: Path) -> dict:
     return {
         "img_s": len(files) / elapsed,
         "cpu_ms_per_instance": 1000 * cpu / len(files),
-        "machine_busy": busy,
+        "cpus_busy": busy,
     }
 
 
@@ -301,12 +318,12 @@ def load_run(
     node = Node(cfg).start()
     try:
         send_all(cfg["port"], warm, 1, {})  # warm-up of the whole path
-        wait_for(lambda: stored(http) >= len(warm), timeout=300)
+        settle(lambda: counted(node.metrics, "sent") >= len(warm), timeout=300)
         before = len(node.metrics.latencies("sent"))
         acked: dict[str, float] = {}
         storescu = dcmtk_storescu()
         cpu0 = {"node": _cpu_s(os.getpid()), "orthanc": _cpu_s(orthanc.pid)}
-        modality0, machine0 = _children_cpu_s(), _machine_busy()
+        modality0, jiffies0 = _children_cpu_s(), _cpu_jiffies()
         t, start_ns = time.perf_counter(), time.time_ns()
         if storescu:  # the modality in processes of its own, as in a hospital
             ok = send_storescu(storescu, cfg["port"], files, assoc)
@@ -320,7 +337,7 @@ def load_run(
         elapsed = time.perf_counter() - t
         cpu = {k: _cpu_s(p) - cpu0[k] for k, p in (("node", os.getpid()), ("orthanc", orthanc.pid))}
         cpu["modality"] = _children_cpu_s() - modality0  # storescu (0 with pynetdicom threads)
-        busy = _busy_since(machine0)
+        busy = _busy_since(jiffies0)
         records = (tmp / "load/state/spool/done").glob("*.json")
         received = sorted(json.loads(r.read_text())["received_ns"] for r in records)[len(warm) :]
         lat = np.asarray(node.metrics.latencies("sent")[before:])
@@ -335,10 +352,10 @@ def load_run(
         "node_img_s": len(files) / elapsed,
         "elapsed_s": elapsed,
         # CPU seconds over the run: this process (the node, and the waiting benchmark), the PACS
-        # and the modality; and how busy the whole machine was (1.0: every core, all the time)
+        # and the modality; and how busy the node's CPUs were (1.0: every one, all the time)
         "cpu_s": cpu,
         "cpu_ms_per_instance": {k: 1000 * v / len(files) for k, v in cpu.items()},
-        "machine_busy": busy,
+        "cpus_busy": busy,
         "modality_done_s": sent_s,  # every C-STORE answered
         "first_received_s": (received[0] - start_ns) / 1e9 if received else None,
         "last_received_s": (received[-1] - start_ns) / 1e9 if received else None,
@@ -464,6 +481,7 @@ def main(
     logging.basicConfig(level=logging.WARNING)
     if cores not in ("shared", "split"):
         raise SystemExit(f"--cores shared or split, not {cores!r}")
+    OTHER_CPUS = None
     if cores == "split":  # this process (the node, the bare forward) on its half of the CPUs
         node_cpus, OTHER_CPUS = split_cores()
         pin(os.getpid(), node_cpus)
@@ -554,14 +572,14 @@ def main(
         ("  CPU per instance: modality (ms)", load["cpu_ms_per_instance"]["modality"]),
         ("  CPU per image: bare forward (ms)", bare["model_cpu_ms_per_img"]),
         ("  ceiling: bare CPU / all CPU per instance on its CPUs", report["ceiling"]),
-        ("  node's CPUs busy during the run", load["machine_busy"]),
+        ("  node's CPUs busy during the run", load["cpus_busy"]),
         ("latency C-STORE -> in Orthanc p50 (s)", load["latency_p50_s"]),
         ("latency C-STORE -> in Orthanc p95 (s)", load["latency_p95_s"]),
         ("load: sources with exactly one result", load["sources_with_one_result"]),
         ("worker pipeline alone, spool filled (img/s)", report["pipeline"]["img_s"]),
         ("  ratio to model only", report["pipeline"]["ratio"]),
         ("  CPU per instance (ms)", report["pipeline"]["cpu_ms_per_instance"]),
-        ("  node's CPUs busy during the run", report["pipeline"]["machine_busy"]),
+        ("  node's CPUs busy during the run", report["pipeline"]["cpus_busy"]),
     ]
     rows += [(f"kill -9: {k}", v) for k, v in report["kill9"].items()]
     rows += [(f"PACS down: {k}", v) for k, v in report["pacs_down"].items()]
@@ -583,4 +601,4 @@ if __name__ == "__main__":
     parser.add_argument("model_px", type=int, nargs="?", default=MODEL_PX)
     parser.add_argument("repeats", type=int, nargs="?", default=3, help="load runs")
     parser.add_argument("--cores", default="shared", choices=["shared", "split"])
-    main(**vars(parser.parse_args()))
+    main(**vars(parser.parse_intermixed_args()))
