@@ -223,8 +223,8 @@ def settle(cond: Callable[[], bool], timeout: float) -> None:
 def counted(metrics: Metrics, *names: str) -> int:
     """The sum of the node's counters ``names`` (``sent``: results whose storage the PACS
     confirmed)."""
-    counts = metrics.snapshot()
-    return sum(int(counts[name]) for name in names)
+    counts = metrics.counts()  # not snapshot(): its percentiles cost the node ~1 ms per instance
+    return sum(counts[name] for name in names)
 
 
 def stored(http: int) -> int:

@@ -131,6 +131,12 @@ def test_metrics_percentiles_and_unknown_counter() -> None:
     assert snap["pending"] == 3
     with pytest.raises(KeyError, match="nope"):
         m.count("nope")
+    m.count("sent", 2)
+    counts = m.counts()
+    assert counts == {k: v for k, v in m.snapshot().items() if k in counts}
+    assert counts["sent"] == 2 and "latency_scored_p50_s" not in counts
+    counts["sent"] = 99  # a copy: the node's counters are not changed through it
+    assert m.counts()["sent"] == 2
 
 
 # ----------------------------------------------------------------------------- the node
@@ -306,8 +312,18 @@ class FakePacs:
         return 0x0000
 
     def start(self, ssl_context=None) -> FakePacs:
-        """Listen (over TLS with ``ssl_context``)."""
+        """Listen (over TLS with ``ssl_context``); ``associations`` and ``released`` count the
+        associations opened and released by their requestor."""
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+        self.associations: list[int] = []
+        self.released = 0
+
+        def opened(event) -> None:
+            self.associations.append(id(event.assoc))
+
+        def released(event) -> None:
+            self.released += 1
 
         ae = AE(ae_title="PACS")
         for sop in RESULT_SOP_CLASSES:
@@ -315,7 +331,11 @@ class FakePacs:
         self._server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._handle)],
+            evt_handlers=[
+                (evt.EVT_C_STORE, self._handle),
+                (evt.EVT_ESTABLISHED, opened),
+                (evt.EVT_RELEASED, released),
+            ],
             ssl_context=ssl_context,
         )
         return self
@@ -532,6 +552,98 @@ def test_results_go_over_several_associations_at_once_each_file_once(
     assert len(pacs.stored) == 9 and all(n == 1 for _, _, n in pacs.stored.values())
     assert len(associations) == 3 and at_once[0] >= 2
     assert len(list((tmp_path / "results/sent").glob("*.dcm"))) == 9
+
+
+def _results(ckpt: Path, tmp_path: Path, outbox: Path, seeds: range) -> None:
+    """Write an SR per seed into ``outbox`` (as the worker does)."""
+    from chestxr.serve import results
+    from chestxr.serve.worker import Scorer
+
+    scorer = Scorer(ckpt, cams=False)
+    builder = results.ReportBuilder(scorer.info)
+    for i in seeds:
+        src = make_radiograph(tmp_path / f"s{i}.dcm", seed=i)
+        ds = pydicom.dcmread(src, stop_before_pixels=True)
+        result = {"outputs": scorer.outputs(np.array([0.05 * (i % 20)]))}
+        results.write_sr(ds, result, scorer.info, outbox / f"k{i}.sr.dcm", builder)
+
+
+def test_an_association_carries_bursts_of_results_and_is_released_when_idle(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    """Results come in bursts (a batch of 8 at a time): a burst of 8 opens two lanes (one
+    association per 4 files waiting), the next burst goes over the same associations, and
+    each is released once nothing has come for ``idle_s``. (Sending each round over every
+    allowed association opened 4 per burst: 8 for these 16 results.)"""
+    import threading
+
+    from chestxr.serve.sender import Destination, Sender
+
+    pacs = FakePacs(free_port()).start()
+    outbox = tmp_path / "results/outbox"
+    dest = Destination("127.0.0.1", pacs.port, "PACS", associations=4)
+    sender = Sender(outbox, dest, Metrics(), max_rejections=3, idle_s=1.5)
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _results(ckpt, tmp_path, outbox, range(8))
+        wait_for(lambda: sender.metrics.counts()["sent"] == 8, timeout=30)
+        _results(ckpt, tmp_path, outbox, range(8, 16))
+        wait_for(lambda: sender.metrics.counts()["sent"] == 16, timeout=30)
+        assert 1 <= len(pacs.associations) <= 2
+        wait_for(lambda: pacs.released == len(pacs.associations), timeout=10)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        pacs.stop()
+    assert len(pacs.stored) == 16 and all(n == 1 for _, _, n in pacs.stored.values())
+    assert not sender.waiting() and len(list((tmp_path / "results/sent").iterdir())) == 16
+
+
+def test_a_pacs_that_drops_an_idle_association_gets_the_next_result_over_a_new_one(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    """A lane keeps its association open between results; when the PACS drops it meanwhile
+    (restarted here), the next result goes over a new association at once, not after a
+    response timeout, and is stored once."""
+    import threading
+
+    from chestxr.serve.sender import Destination, Sender
+
+    port = free_port()
+    first = FakePacs(port).start()
+    outbox = tmp_path / "results/outbox"
+    sender = Sender(
+        outbox,
+        Destination("127.0.0.1", port, "PACS"),
+        Metrics(),
+        max_rejections=3,
+        idle_s=60.0,
+        timeout_s=30.0,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    thread.start()
+    second = FakePacs(port)
+    try:
+        _results(ckpt, tmp_path, outbox, range(1))
+        wait_for(lambda: sender.metrics.counts()["sent"] == 1, timeout=30)
+        for assoc in first._server.active_associations:  # the PACS drops it (restarted)
+            assoc.abort()
+        first.stop()
+        second.start()
+        _results(ckpt, tmp_path, outbox, range(1, 2))
+        t = time.monotonic()
+        wait_for(lambda: sender.metrics.counts()["sent"] == 2, timeout=30)
+        assert time.monotonic() - t < 10  # not a 30 s wait for an answer that cannot come
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        second.stop()
+    assert len(first.stored) == 1 and len(second.stored) == 1
+    assert all(n == 1 for _, _, n in second.stored.values())
+    assert not sender.waiting()
 
 
 @pytest.mark.parametrize("pacs_syntax", ["explicit", "implicit"])

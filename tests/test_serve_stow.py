@@ -163,8 +163,8 @@ def test_a_refused_result_is_set_aside_and_an_unavailable_server_is_waited_for(
 
 
 def test_connections_are_kept_alive_and_shared_across_sending_threads(tmp_path: Path) -> None:
-    """The sender starts new threads for each round of results: they reuse the idle
-    connections instead of opening (and leaving) one each."""
+    """The sender's lanes are threads that come and go with the bursts of results: they reuse
+    the idle connections instead of opening (and leaving) one each."""
     server = FakeDicomWeb()
     client = StowClient(server.url)
     files = [make_radiograph(tmp_path / f"s{i}.dcm", seed=i) for i in range(4)]

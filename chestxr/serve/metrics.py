@@ -47,6 +47,11 @@ class Metrics:
         with self._lock:
             return list(self._latency[kind])
 
+    def counts(self) -> dict[str, int]:
+        """The counters alone (cheap: no percentiles)."""
+        with self._lock:
+            return dict(self._counts)
+
     def snapshot(self, **extra: Any) -> dict[str, Any]:
         """Counters, latency p50/p95 in seconds (null when none yet), and ``extra``."""
         with self._lock:
