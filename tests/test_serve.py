@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -295,8 +296,9 @@ class FakePacs:
     references, how many times it was sent).
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, max_associations: int = 10) -> None:
         self.port = port
+        self.max_associations = max_associations  # more at once are rejected
         self.stored: dict[str, list] = {}
         self._server = None
 
@@ -326,6 +328,7 @@ class FakePacs:
             self.released += 1
 
         ae = AE(ae_title="PACS")
+        ae.maximum_associations = self.max_associations
         for sop in RESULT_SOP_CLASSES:
             ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
         self._server = ae.start_server(
@@ -580,25 +583,67 @@ def test_an_association_carries_bursts_of_results_and_is_released_when_idle(
     from chestxr.serve.sender import Destination, Sender
 
     pacs = FakePacs(free_port()).start()
-    outbox = tmp_path / "results/outbox"
+    outbox, made = tmp_path / "results/outbox", tmp_path / "made"
+    _results(ckpt, tmp_path, made, range(16))
     dest = Destination("127.0.0.1", pacs.port, "PACS", associations=4)
-    sender = Sender(outbox, dest, Metrics(), max_rejections=3, idle_s=1.5)
+    sender = Sender(outbox, dest, Metrics(), max_rejections=3, idle_s=5.0)
     stop = threading.Event()
     thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
     thread.start()
+
+    def burst(files: list[Path]) -> None:  # as the worker puts a batch's results
+        for f in files:
+            os.replace(f, outbox / f.name)
+
     try:
-        _results(ckpt, tmp_path, outbox, range(8))
+        burst(sorted(made.iterdir())[:8])
         wait_for(lambda: sender.metrics.counts()["sent"] == 8, timeout=30)
-        _results(ckpt, tmp_path, outbox, range(8, 16))
+        burst(sorted(made.iterdir()))
         wait_for(lambda: sender.metrics.counts()["sent"] == 16, timeout=30)
         assert 1 <= len(pacs.associations) <= 2
-        wait_for(lambda: pacs.released == len(pacs.associations), timeout=10)
+        wait_for(lambda: pacs.released == len(pacs.associations), timeout=20)
     finally:
         stop.set()
         thread.join(timeout=10)
         pacs.stop()
     assert len(pacs.stored) == 16 and all(n == 1 for _, _, n in pacs.stored.values())
     assert not sender.waiting() and len(list((tmp_path / "results/sent").iterdir())) == 16
+
+
+def test_a_pacs_taking_fewer_associations_than_configured_gets_every_result_at_once(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    """A PACS that takes one association at a time (``associations: 4`` configured): a burst
+    that opens a second lane while the first holds the one association is rejected, and its
+    files go back to the first lane instead of waiting out a back-off; every result arrives
+    once."""
+    import threading
+
+    from chestxr.serve.sender import Destination, Sender
+
+    pacs = FakePacs(free_port(), max_associations=1).start()
+    outbox, made = tmp_path / "results/outbox", tmp_path / "made"
+    _results(ckpt, tmp_path, made, range(12))
+    dest = Destination("127.0.0.1", pacs.port, "PACS", associations=4)
+    metrics = Metrics()
+    sender = Sender(outbox, dest, metrics, max_rejections=3, backoff_s=60.0, idle_s=30.0)
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        for f in sorted(made.iterdir())[:4]:  # one lane, one association
+            os.replace(f, outbox / f.name)
+        wait_for(lambda: metrics.counts()["sent"] == 4, timeout=30)
+        for f in sorted(made.iterdir()):  # 8 more: a second lane, which the PACS rejects
+            os.replace(f, outbox / f.name)
+        wait_for(lambda: metrics.counts()["sent"] == 12, timeout=30)  # no 60 s back-off
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        pacs.stop()
+    assert len(pacs.associations) == 1  # EVT_ESTABLISHED: the rejected one never was
+    assert len(pacs.stored) == 12 and all(n == 1 for _, _, n in pacs.stored.values())
+    assert metrics.counts()["send_errors"] == 0 and not sender.waiting()
 
 
 def test_a_pacs_that_drops_an_idle_association_gets_the_next_result_over_a_new_one(

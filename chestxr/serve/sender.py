@@ -102,38 +102,32 @@ class _Association:
         tune(assoc)
 
     def usable(self) -> bool:
-        """Still established (the PACS may have closed it while it was idle)."""
-        self._resume()
+        """Still established: the PACS may have dropped it (or asked to release it) while it was
+        idle. Its reader (pynetdicom's DUL, never paused) has seen that even while the reactor
+        is paused; the request then goes over a new association instead of waiting for an answer
+        that cannot come."""
         dul = getattr(self.assoc, "dul", None)
-        state = getattr(getattr(dul, "state_machine", None), "current_state", "Sta6")
-        return bool(self.assoc.is_established) and state == "Sta6" and not self.assoc.is_aborted
+        if not (self.assoc.is_established and dul is not None and dul.is_alive()):
+            return False
+        return dul.state_machine.current_state == "Sta6" and dul.peek_next_pdu() is None
 
     def idle(self) -> None:
-        """Pause the association's reactor while no file is due: pynetdicom's reactor otherwise
+        """Pause the association's reactor between requests: pynetdicom's reactor otherwise
         wakes every 1 ms (a fixed sleep) for as long as the association is open, ~0.02 of a core
-        each; paused, it waits on an event. pynetdicom pauses it the same way around every
-        request it sends, and :meth:`usable` lets it run again before the next one."""
+        each (a requestor's reactor only serves requests from the peer, which a PACS does not
+        send on a storage association). pynetdicom pauses it the same way around every request
+        it sends (``send_c_store`` waits for it to be paused, which it then already is), and
+        lets it run again when releasing or aborting."""
         checkpoint = getattr(self.assoc, "_reactor_checkpoint", None)
         if checkpoint is not None:
             checkpoint.clear()
 
-    def _resume(self) -> None:
-        """Let the reactor run again, and wait until it has (at most 50 ms): pynetdicom's own
-        pause before each request then waits for the reactor to stop, so the reactor cannot
-        take the request's answer off the queue."""
-        checkpoint = getattr(self.assoc, "_reactor_checkpoint", None)
-        if checkpoint is None or checkpoint.is_set():
-            return
-        checkpoint.set()
-        end = time.monotonic() + 0.05
-        while getattr(self.assoc, "_is_paused", False) and time.monotonic() < end:
-            time.sleep(0.0001)
-
     def close(self) -> None:
-        """Release the association (abort it if it cannot be released)."""
-        self._resume()
-        if self.assoc.is_established:
+        """Release the association, or abort it when it cannot be released any more."""
+        if self.usable():
             self.assoc.release()
+        else:
+            self.assoc.abort()
 
 
 @dataclass
@@ -178,6 +172,8 @@ class Sender:
         self._ready = threading.Condition()
         self._lanes: list[threading.Thread] = []
         self._working = 0  # lanes that have not decided to end
+        self._linked = 0  # lanes holding (or opening) an association
+        self._cap, self._cap_until = 0, 0.0  # lanes the PACS took when it refused one more
 
     def waiting(self) -> list[Path]:
         """Files not yet accepted by the destination, oldest first."""
@@ -197,11 +193,16 @@ class Sender:
             return
         try:
             while not stop.is_set():
-                self.dispatch(stop)
+                try:
+                    self.dispatch(stop)
+                except Exception as err:  # e.g. the outbox unreadable for a moment
+                    log.error("sender: %s: %s", type(err).__name__, err)
+                    stop.wait(1.0)
                 self.wake.wait(self.poll_s)
                 self.wake.clear()
         finally:
             with self._ready:
+                self._taken.difference_update(p.name for p in self._queue)
                 self._queue.clear()
                 self._ready.notify_all()
             for lane in self._lanes:
@@ -223,15 +224,17 @@ class Sender:
             if due:
                 self._ready.notify_all()
             most = max(1, int(self.destination.associations)) if self.destination else 1
+            if now < self._cap_until:  # the PACS refused one more association a moment ago
+                most = min(most, self._cap)
             wanted = min(most, -(-len(self._queue) // max(1, self.files_per_lane)))
             self._lanes = [lane for lane in self._lanes if lane.is_alive()]
             while self._working < wanted:
-                self._working += 1
                 lane = threading.Thread(
                     target=self._lane, args=(stop,), name="chestxr-sender-lane", daemon=True
                 )
-                self._lanes.append(lane)
                 lane.start()
+                self._working += 1
+                self._lanes.append(lane)
 
     def _next(self, stop: threading.Event, wait: float) -> Path | None:
         """The next queued file, waiting up to ``wait`` seconds for one; None: the lane ends."""
@@ -247,53 +250,84 @@ class Sender:
             self._working -= 1  # decided under the lock: dispatch() starts another if needed
             return None
 
-    def _drain(self) -> list[Path]:
-        """Every queued file (taken by a lane that found the destination unreachable)."""
+    def _unreachable(self, path: Path, why: str) -> bool:
+        """A lane could not reach the destination with ``path`` in hand. While other lanes hold
+        (or open) associations (the PACS takes fewer than ``destination.associations``),
+        ``path`` goes back to the front of the queue for them, lanes are capped at theirs for a
+        while, and the lane ends (True). Otherwise ``path`` and everything queued wait, with
+        back-off (False)."""
         with self._ready:
-            files = list(self._queue)
+            if self._linked > 0:
+                self._queue.appendleft(path)
+                self._cap, self._cap_until = self._linked, time.monotonic() + self.backoff_max_s
+                self._working -= 1
+                log.info("%s took no further association; sending over %d", why, self._linked)
+                return True
+            files = [path, *self._queue]
             self._queue.clear()
-        return files
+        self._failed(files, why)
+        self._untake(*files[1:])  # back in the queue once due (``path``: by the lane)
+        return False
 
-    def _untake(self, path: Path) -> None:
+    def _untake(self, *paths: Path) -> None:
         with self._ready:
-            self._taken.discard(path.name)
+            self._taken.difference_update(p.name for p in paths)
 
     def _lane(self, stop: threading.Event) -> None:
         """Send queued files over one association (or STOW-RS) until none comes for
         ``idle_s``; no error ends it without ending the files it holds."""
         link: _Association | None = None
+        ended = False  # by _next() or _unreachable(), which count the lane out
         try:
             while (path := self._next(stop, self.idle_s if link is not None else 0.0)) is not None:
+                given_back = False
                 try:
                     if self.destination is not None and self.destination.stow is not None:
                         if not self._stow_one(self.destination.stow, path):  # unreachable
-                            self._failed([path, *self._drain()], f"{self.destination}: unavailable")
+                            self._unreachable(path, f"{self.destination}: unavailable")
                         continue
                     if link is not None and not link.usable():
-                        link.close()
+                        self._unlink(link)
                         link = None
                     if link is None:
+                        with self._ready:  # counted while opening: a lane refused meanwhile
+                            self._linked += 1  # hands its file over instead of backing off
                         link = self._connect()
-                    if link is None:  # unreachable: what is queued waits too, with back-off
-                        why = f"no association with {self.destination}"
-                        self._failed([path, *self._drain()], why)
-                        continue
+                        if link is None:
+                            with self._ready:
+                                self._linked -= 1
+                            why = f"no association with {self.destination}"
+                            given_back = ended = self._unreachable(path, why)
+                            if ended:
+                                return
+                            continue
                     if self._store_one(link.assoc, link.as_is, path) == "broken":
-                        link.close()  # the transport failed: a new association for the next
+                        self._unlink(link)  # the transport failed: a new association for the next
                         link = None
                 except Exception as err:  # a bug or an unforeseen error must not lose the file
                     log.error("sending failed: %s: %s", type(err).__name__, err)
                     self._failed([path], type(err).__name__)
                 finally:
-                    self._untake(path)
+                    if not given_back:
+                        self._untake(path)
                 if link is not None:
                     link.idle()
+            ended = True
         finally:
             if link is not None:
-                try:
-                    link.close()
-                except Exception as err:
-                    log.warning("association not released: %s: %s", type(err).__name__, err)
+                self._unlink(link)
+            if not ended:  # an error escaped (none should): count the lane out all the same
+                with self._ready:
+                    self._working -= 1
+
+    def _unlink(self, link: _Association) -> None:
+        """Close a lane's association (errors logged, never raised)."""
+        with self._ready:
+            self._linked -= 1
+        try:
+            link.close()
+        except Exception as err:
+            log.warning("association not released: %s: %s", type(err).__name__, err)
 
     def _failed(self, files: list[Path], why: str) -> None:
         if not files:
@@ -303,7 +337,6 @@ class Sender:
             st.attempts += 1
             delay = min(self.backoff_s * 2 ** (st.attempts - 1), self.backoff_max_s)
             st.next_try = time.monotonic() + delay
-            self._untake(p)
         self.metrics.count("send_errors", len(files))
         log.warning("could not send %d results (%s); retrying with back-off", len(files), why)
 
@@ -347,8 +380,8 @@ class Sender:
         return _Association(assoc)
 
     def send(self, files: list[Path]) -> int:
-        """Send ``files`` over one association (or STOW-RS), now; returns how many were
-        accepted."""
+        """Send ``files`` over one association (or STOW-RS), now, outside the lanes (not while
+        :meth:`run` is running); returns how many were accepted."""
         dest = self.destination
         if dest is None:
             return 0
