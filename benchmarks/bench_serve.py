@@ -162,24 +162,31 @@ def send_all(port: int, files: list[Path], associations: int, acked: dict[str, f
         t.join()
 
 
-def _cpu_jiffies() -> tuple[int, int]:
-    """(all, idle) jiffies so far of the CPUs this process runs on (every CPU unless ``--cores
-    split``; Linux /proc/stat)."""
+def _cpu_jiffies() -> tuple[int, int, int]:
+    """(all, idle, stolen) jiffies so far of the CPUs this process runs on (every CPU unless
+    ``--cores split``; Linux /proc/stat; stolen: taken by the hypervisor for other guests)."""
     mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
-    total = idle = 0
+    total = idle = steal = 0
     for line in Path("/proc/stat").read_text().splitlines():
         name, *fields = line.split()
         if name in mine:
             v = [int(x) for x in fields]
-            total, idle = total + sum(v), idle + v[3] + v[4]
-    return total, idle
+            total, idle, steal = total + sum(v), idle + v[3] + v[4], steal + v[7]
+    return total, idle, steal
 
 
-def _busy_since(before: tuple[int, int]) -> float:
+def _busy_since(before: tuple[int, int, int]) -> float:
     """How busy this process's CPUs were since ``before`` (a :func:`_cpu_jiffies` reading): 1.0
     is every one of them, all the time."""
     now = _cpu_jiffies()
     return 1 - (now[1] - before[1]) / max(1, now[0] - before[0])
+
+
+def _stolen_since(before: tuple[int, int, int]) -> float:
+    """The share of this process's CPUs' time the hypervisor gave other guests since ``before``:
+    a virtual machine's throughput drops by it while its CPU time does not count it."""
+    now = _cpu_jiffies()
+    return (now[2] - before[2]) / max(1, now[0] - before[0])
 
 
 def _children_cpu_s() -> float:
@@ -254,6 +261,7 @@ def bare_forward(ckpt: Path, files: list[Path], repeats: int = 3) -> dict[str, f
     scorer = Scorer(ckpt, cams=False)
     scorer.score(torch.stack([scorer.prepare(p) for p in files[:BATCH]]))  # warm-up
     model, both, cpu_ms = [], [], []
+    jiffies0 = _cpu_jiffies()
     for _ in range(repeats):
         t = time.perf_counter()
         inputs = [scorer.prepare(p) for p in files]
@@ -269,6 +277,7 @@ def bare_forward(ckpt: Path, files: list[Path], repeats: int = 3) -> dict[str, f
         "model_img_s": float(np.median(model)),
         "preprocess_and_model_img_s": float(np.median(both)),
         "model_cpu_ms_per_img": float(np.median(cpu_ms)),  # all its threads together
+        "cpus_stolen": _stolen_since(jiffies0),
     }
 
 
@@ -292,6 +301,7 @@ def pipeline_run(ckpt: Path, files: list[Path], tmp: Path) -> dict:
     thread.start()
     settle(lambda: counted(worker.metrics, "scored", "failed") >= len(files), timeout=900)
     elapsed, cpu, busy = time.perf_counter() - t, time.process_time() - cpu0, _busy_since(jiffies0)
+    stolen = _stolen_since(jiffies0)
     stop.set()
     thread.join()
     if spool.counts()["done"] != len(files):
@@ -300,6 +310,7 @@ def pipeline_run(ckpt: Path, files: list[Path], tmp: Path) -> dict:
         "img_s": len(files) / elapsed,
         "cpu_ms_per_instance": 1000 * cpu / len(files),
         "cpus_busy": busy,
+        "cpus_stolen": stolen,
     }
 
 
@@ -337,7 +348,7 @@ def load_run(
         elapsed = time.perf_counter() - t
         cpu = {k: _cpu_s(p) - cpu0[k] for k, p in (("node", os.getpid()), ("orthanc", orthanc.pid))}
         cpu["modality"] = _children_cpu_s() - modality0  # storescu (0 with pynetdicom threads)
-        busy = _busy_since(jiffies0)
+        busy, stolen = _busy_since(jiffies0), _stolen_since(jiffies0)
         records = (tmp / "load/state/spool/done").glob("*.json")
         received = sorted(json.loads(r.read_text())["received_ns"] for r in records)[len(warm) :]
         lat = np.asarray(node.metrics.latencies("sent")[before:])
@@ -356,6 +367,7 @@ def load_run(
         "cpu_s": cpu,
         "cpu_ms_per_instance": {k: 1000 * v / len(files) for k, v in cpu.items()},
         "cpus_busy": busy,
+        "cpus_stolen": stolen,
         "modality_done_s": sent_s,  # every C-STORE answered
         "first_received_s": (received[0] - start_ns) / 1e9 if received else None,
         "last_received_s": (received[-1] - start_ns) / 1e9 if received else None,
@@ -573,6 +585,7 @@ def main(
         ("  CPU per image: bare forward (ms)", bare["model_cpu_ms_per_img"]),
         ("  ceiling: bare CPU / all CPU per instance on its CPUs", report["ceiling"]),
         ("  node's CPUs busy during the run", load["cpus_busy"]),
+        ("  node's CPUs stolen by the hypervisor", load["cpus_stolen"]),
         ("latency C-STORE -> in Orthanc p50 (s)", load["latency_p50_s"]),
         ("latency C-STORE -> in Orthanc p95 (s)", load["latency_p95_s"]),
         ("load: sources with exactly one result", load["sources_with_one_result"]),
@@ -580,6 +593,7 @@ def main(
         ("  ratio to model only", report["pipeline"]["ratio"]),
         ("  CPU per instance (ms)", report["pipeline"]["cpu_ms_per_instance"]),
         ("  node's CPUs busy during the run", report["pipeline"]["cpus_busy"]),
+        ("  node's CPUs stolen by the hypervisor", report["pipeline"]["cpus_stolen"]),
     ]
     rows += [(f"kill -9: {k}", v) for k, v in report["kill9"].items()]
     rows += [(f"PACS down: {k}", v) for k, v in report["pacs_down"].items()]
