@@ -284,7 +284,10 @@ class Sender:
                 try:
                     if self.destination is not None and self.destination.stow is not None:
                         if not self._stow_one(self.destination.stow, path):  # unreachable
-                            self._unreachable(path, f"{self.destination}: unavailable")
+                            why = f"{self.destination}: unavailable"
+                            given_back = ended = self._unreachable(path, why)
+                            if ended:
+                                return
                         continue
                     if link is not None and not link.usable():
                         self._unlink(link)
