@@ -571,13 +571,19 @@ def _results(ckpt: Path, tmp_path: Path, outbox: Path, seeds: range) -> None:
         results.write_sr(ds, result, scorer.info, outbox / f"k{i}.sr.dcm", builder)
 
 
+def _burst(files: list[Path], outbox: Path) -> None:
+    """Move ``files`` into ``outbox`` at once, as the worker puts a batch's results."""
+    for f in files:
+        os.replace(f, outbox / f.name)
+
+
 def test_an_association_carries_bursts_of_results_and_is_released_when_idle(
     ckpt: Path, tmp_path: Path
 ) -> None:
     """Results come in bursts (a batch of 8 at a time): a burst of 8 opens two lanes (one
     association per 4 files waiting), the next burst goes over the same associations, and
-    each is released once nothing has come for ``idle_s``. (Sending each round over every
-    allowed association opened 4 per burst: 8 for these 16 results.)"""
+    each is released once nothing has come for ``idle_s``. (The sender that split each round
+    over every allowed association opened 10 for these 16 results.)"""
     import threading
 
     from chestxr.serve.sender import Destination, Sender
@@ -590,15 +596,10 @@ def test_an_association_carries_bursts_of_results_and_is_released_when_idle(
     stop = threading.Event()
     thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
     thread.start()
-
-    def burst(files: list[Path]) -> None:  # as the worker puts a batch's results
-        for f in files:
-            os.replace(f, outbox / f.name)
-
     try:
-        burst(sorted(made.iterdir())[:8])
+        _burst(sorted(made.iterdir())[:8], outbox)
         wait_for(lambda: sender.metrics.counts()["sent"] == 8, timeout=30)
-        burst(sorted(made.iterdir()))
+        _burst(sorted(made.iterdir()), outbox)
         wait_for(lambda: sender.metrics.counts()["sent"] == 16, timeout=30)
         assert 1 <= len(pacs.associations) <= 2
         wait_for(lambda: pacs.released == len(pacs.associations), timeout=20)
@@ -631,11 +632,9 @@ def test_a_pacs_taking_fewer_associations_than_configured_gets_every_result_at_o
     thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        for f in sorted(made.iterdir())[:4]:  # one lane, one association
-            os.replace(f, outbox / f.name)
+        _burst(sorted(made.iterdir())[:4], outbox)  # one lane, one association
         wait_for(lambda: metrics.counts()["sent"] == 4, timeout=30)
-        for f in sorted(made.iterdir()):  # 8 more: a second lane, which the PACS rejects
-            os.replace(f, outbox / f.name)
+        _burst(sorted(made.iterdir()), outbox)  # 8 more: a second lane, which the PACS rejects
         wait_for(lambda: metrics.counts()["sent"] == 12, timeout=30)  # no 60 s back-off
     finally:
         stop.set()
