@@ -50,7 +50,8 @@ def make_checkpoint(
 def make_radiograph(
     path: Path, *, seed: int = 0, study_uid: str | None = None, size: int = 96, **elements: object
 ) -> Path:
-    """A CR chest radiograph (blobs on noise) with a patient module, written to ``path``."""
+    """A CR chest radiograph (blobs on noise) with a patient module, written to ``path``;
+    ``elements`` set (or, given None, remove) attributes."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size] / size
     img = 1500 + 800 * np.exp(-((xx - 0.3) ** 2 + (yy - 0.5) ** 2) / 0.02)
@@ -80,7 +81,10 @@ def make_radiograph(
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = np.clip(img, 0, 4095).astype("<u2").tobytes()
     for keyword, value in elements.items():
-        setattr(ds, keyword, value)
+        if value is None:
+            ds.pop(keyword, None)
+        else:
+            setattr(ds, keyword, value)
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -793,6 +797,50 @@ def test_no_sr_reaches_the_outbox_when_its_secondary_capture_fails(
     record = spool.record(spool_key(uid))
     assert record["state"] == "failed"
     assert "no Secondary Capture today" in record["reason"]
+
+
+def test_a_scan_without_type_2_patient_and_study_attributes_is_scored(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    """De-identification tools and some modalities drop type 2 attributes (accession number,
+    birth date, ...) instead of leaving them empty: the scan still gets its SR and Secondary
+    Capture, with those attributes present and empty, as the SR's own modules require."""
+    from chestxr.serve.worker import Scorer, Worker
+
+    spool = Spool(tmp_path / "spool")
+    dropped = ("AccessionNumber", "PatientBirthDate", "PatientSex", "StudyID", "StudyTime")
+    src = make_radiograph(tmp_path / "src.dcm", **dict.fromkeys(dropped))
+    uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+    spool.put(uid, src.read_bytes())
+    outbox = tmp_path / "results/outbox"
+    Worker(spool, Scorer(ckpt, cams=True), outbox, Metrics()).process(spool.claim(8))
+    key = spool_key(uid)
+    record = spool.record(key)
+    assert record["state"] == "done", record.get("reason")
+    sr = pydicom.dcmread(outbox / f"{key}.sr.dcm")
+    for keyword in dropped:
+        assert keyword in sr and not sr[keyword].value, keyword
+    assert sr.PatientID == pydicom.dcmread(src).PatientID
+    assert (outbox / f"{key}.sc.dcm").is_file()
+
+
+@pytest.mark.parametrize("keyword", ["SeriesInstanceUID", "Modality"])
+def test_a_scan_without_a_type_1_series_attribute_fails_naming_it(
+    ckpt: Path, tmp_path: Path, keyword: str
+) -> None:
+    """Without its series UID or modality a result cannot be filed beside the scan: the failure
+    record names the attribute, and the scan is not scored."""
+    from chestxr.serve.worker import Scorer, Worker
+
+    spool = Spool(tmp_path / "spool")
+    src = make_radiograph(tmp_path / "src.dcm", **{keyword: None})
+    uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+    spool.put(uid, src.read_bytes())
+    metrics = Metrics()
+    Worker(spool, Scorer(ckpt, cams=False), tmp_path / "out", metrics).process(spool.claim(8))
+    record = spool.record(spool_key(uid))
+    assert record["state"] == "failed" and record["reason"] == f"DICOM lacks {keyword}"
+    assert metrics.snapshot()["scored"] == 0
 
 
 def test_the_pipelined_worker_loses_nothing_when_writing_or_scoring_fails(

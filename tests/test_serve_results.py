@@ -129,6 +129,40 @@ def test_fast_sr_equals_highdicoms_for_every_source_and_result(
     assert len(builder._content) == 2
 
 
+TYPE_2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+@pytest.mark.parametrize("keyword", TYPE_2)
+def test_a_source_without_a_type_2_attribute_gets_its_sr_with_it_empty(tmp_path, keyword):
+    """A source lacking a type 2 Patient or General Study attribute (highdicom reads them all)
+    gets its SR, fast and highdicom's alike, with the attribute present and empty; the source's
+    header is left as it was."""
+    info = {**BINARY, "outputs": ["opacity"]}
+    result = outputs(["opacity"], [0.7], [0.5])
+    builder = results.ReportBuilder(info)
+    builder.build(sources(tmp_path)[0], result)  # the layout's first SR: the next one is fast
+    src = pydicom.dcmread(
+        make_radiograph(tmp_path / "x.dcm", seed=9, **{keyword: None}), stop_before_pixels=True
+    )
+    assert keyword not in src
+    fast, slow = builder.build(src, result), results.build_sr(src, result, info)
+    assert differences(canonical(fast), canonical(slow)) == []
+    for sr in (fast, slow):
+        assert keyword in sr and not sr[keyword].value
+        assert sr.StudyInstanceUID == src.StudyInstanceUID
+    assert keyword not in src
+
+
 def test_fast_sr_carries_this_instances_values(tmp_path):
     """Not merely equal to highdicom's: the second instance's SR names its own source,
     probability and decision (a template that kept the first one's would fail here)."""

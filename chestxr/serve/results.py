@@ -40,6 +40,18 @@ PLAIN_CHEST_XRAY = hd.sr.CodedConcept("399208008", "SCT", "Plain chest X-ray")
 FINDING_SCHEME = "99CHESTXR"
 SR_SERIES_NUMBER = 9002
 SC_SERIES_NUMBER = 9001
+# the type 2 Patient and General Study attributes highdicom reads from the source (and fails on
+# when absent); de-identification tools and some modalities drop them instead of emptying them
+SOURCE_TYPE_2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+)
 
 
 def derived_uid(source_uid: str, model_version: str, what: str) -> str:
@@ -117,11 +129,26 @@ def build_sr(source: Dataset, result: dict[str, Any], info: dict[str, Any]) -> D
     return _document(source, info, report[0])
 
 
+def evidence(source: Dataset) -> Dataset:
+    """``source`` as the SR's evidence: itself, or where it lacks any of
+    :data:`SOURCE_TYPE_2`, a copy with those present and empty (the SR's Patient and General
+    Study modules hold them, empty when unknown). ``source`` is left as it was."""
+    missing = [keyword for keyword in SOURCE_TYPE_2 if keyword not in source]
+    if not missing:
+        return source
+    out = Dataset()
+    for element in source:
+        out.add(element)
+    for keyword in missing:
+        setattr(out, keyword, "")
+    return out
+
+
 def _document(source: Dataset, info: dict[str, Any], content: Dataset) -> hd.sr.Comprehensive3DSR:
     """The SR document of ``source`` around ``content`` (the report's root container)."""
     version = info["model_version"]
     return hd.sr.Comprehensive3DSR(
-        evidence=[source],
+        evidence=[evidence(source)],
         content=content,
         series_instance_uid=derived_uid(source.SOPInstanceUID, version, "sr-series"),
         series_number=SR_SERIES_NUMBER,

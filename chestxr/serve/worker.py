@@ -30,6 +30,8 @@ from chestxr.utils.ids import anonymous_id
 log = logging.getLogger(__name__)
 FRONTAL_VIEWS = ("PA", "AP")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
+# type 1 attributes a result cannot be filed without (in the source's study, beside its series)
+REQUIRED = ("SOPInstanceUID", "StudyInstanceUID", "SOPClassUID", "SeriesInstanceUID", "Modality")
 
 
 Scores = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
@@ -238,7 +240,7 @@ class Worker:
                     ds = pydicom.dcmread(item.path, stop_before_pixels=True)
                 except Exception as err:
                     raise NotScorable(f"unreadable DICOM: {type(err).__name__}: {err}") from err
-                for key in ("SOPInstanceUID", "StudyInstanceUID", "SOPClassUID"):
+                for key in REQUIRED:
                     if not ds.get(key):
                         raise NotScorable(f"DICOM lacks {key}")
                 check_frontal_chest(ds)
