@@ -824,6 +824,41 @@ def test_a_scan_without_type_2_patient_and_study_attributes_is_scored(
     assert (outbox / f"{key}.sc.dcm").is_file()
 
 
+def test_what_is_not_a_radiograph_gets_a_failure_record_naming_why(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    """An MR image (posted to the HTTP face, or in the spool) or a Secondary Capture of a CT is
+    refused by its header; a Secondary Capture of a radiograph (Modality OT) is scored."""
+    from chestxr.serve.http import score_bytes
+    from chestxr.serve.worker import NotScorable, Scorer, Worker
+
+    mr, sc = "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.7"
+    files = {
+        "mr": make_radiograph(tmp_path / "mr.dcm", SOPClassUID=mr, Modality="MR"),
+        "sc_ct": make_radiograph(tmp_path / "sc_ct.dcm", seed=1, SOPClassUID=sc, Modality="CT"),
+        "sc_ot": make_radiograph(tmp_path / "sc_ot.dcm", seed=2, SOPClassUID=sc, Modality="OT"),
+    }
+    spool = Spool(tmp_path / "spool")
+    keys = {}
+    for name, path in files.items():
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        spool.put(uid, path.read_bytes())
+        keys[name] = spool_key(uid)
+    scorer = Scorer(ckpt, cams=False)
+    Worker(spool, scorer, tmp_path / "out", Metrics()).process(spool.claim(8))
+    records = {name: spool.record(key) for name, key in keys.items()}
+    assert records["mr"]["reason"] == "not a radiograph: SOP class MR Image Storage"
+    assert records["sc_ct"]["reason"] == "not a radiograph: Secondary Capture of Modality 'CT'"
+    assert records["sc_ot"]["state"] == "done"
+    with pytest.raises(NotScorable, match="MR Image Storage"):
+        score_bytes(scorer, files["mr"].read_bytes(), tmp_path)
+    assert (
+        0
+        <= score_bytes(scorer, files["sc_ot"].read_bytes(), tmp_path)["outputs"][0]["probability"]
+        <= 1
+    )
+
+
 @pytest.mark.parametrize("keyword", ["SeriesInstanceUID", "Modality"])
 def test_a_scan_without_a_type_1_series_attribute_fails_naming_it(
     ckpt: Path, tmp_path: Path, keyword: str

@@ -17,8 +17,9 @@ from typing import Any
 
 import pydicom
 
+from chestxr.serve.admission import NotScorable, check_frontal_chest
 from chestxr.serve.metrics import Metrics
-from chestxr.serve.worker import NotScorable, Scorer, check_frontal_chest
+from chestxr.serve.worker import Scorer
 
 log = logging.getLogger(__name__)
 MAX_BODY = 256 * 1024 * 1024
@@ -28,7 +29,8 @@ def score_bytes(scorer: Scorer, data: bytes, scratch: Path) -> dict[str, Any]:
     """Score one uploaded file.
 
     Raises:
-        NotScorable: the file cannot be read or is not a frontal chest radiograph.
+        NotScorable: the file cannot be read or is not a frontal chest radiograph (a DICOM's
+            header says so: :func:`chestxr.serve.admission.check_frontal_chest`).
     """
     with tempfile.NamedTemporaryFile(dir=scratch, suffix=".upload") as f:
         f.write(data)

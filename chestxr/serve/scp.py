@@ -10,26 +10,16 @@ from typing import Any
 
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    SecondaryCaptureImageStorage,
-    Verification,
-)
+from pynetdicom.sop_class import Verification
 
+from chestxr.serve.admission import RADIOGRAPH_SOP_CLASSES
 from chestxr.serve.metrics import Metrics
 from chestxr.serve.sender import tune
 from chestxr.serve.spool import Spool
 from chestxr.utils.ids import anonymous_id
 
 log = logging.getLogger(__name__)
-ACCEPTED_SOP_CLASSES: tuple[UID, ...] = (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    SecondaryCaptureImageStorage,
-)
+ACCEPTED_SOP_CLASSES: tuple[UID, ...] = RADIOGRAPH_SOP_CLASSES
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 
 

@@ -23,15 +23,12 @@ from scipy.special import expit
 
 from chestxr.io import RadiographReadError
 from chestxr.serve import adapter, results
+from chestxr.serve.admission import REQUIRED, NotScorable, check_frontal_chest
 from chestxr.serve.metrics import Metrics
 from chestxr.serve.spool import Item, Spool
 from chestxr.utils.ids import anonymous_id
 
 log = logging.getLogger(__name__)
-FRONTAL_VIEWS = ("PA", "AP")
-CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
-# type 1 attributes a result cannot be filed without (in the source's study, beside its series)
-REQUIRED = ("SOPInstanceUID", "StudyInstanceUID", "SOPClassUID", "SeriesInstanceUID", "Modality")
 
 
 Scores = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
@@ -43,26 +40,6 @@ class Prepared(NamedTuple):
     item: Item
     ds: Dataset
     image: torch.Tensor
-
-
-class NotScorable(Exception):
-    """An instance that gets a failure record, with the reason, never a score."""
-
-
-def check_frontal_chest(ds: Dataset) -> None:
-    """Refuse what the header says is not a frontal chest radiograph.
-
-    Absent or empty BodyPartExamined / ViewPosition are accepted (many sources leave them out).
-
-    Raises:
-        NotScorable: a body part other than the chest, or a view other than PA/AP.
-    """
-    body = str(ds.get("BodyPartExamined", "") or "").strip().upper()
-    if body and body not in CHEST_BODY_PARTS:
-        raise NotScorable(f"not a chest radiograph: BodyPartExamined is {body!r}")
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
-    if view and view not in FRONTAL_VIEWS:
-        raise NotScorable(f"not a frontal view: ViewPosition is {view!r} (need PA or AP)")
 
 
 class Scorer:
