@@ -39,6 +39,19 @@ _COPIED = (
     "StudyDescription",
     "PatientAge",
 )
+# type 2 in the Secondary Capture's Patient and General Study modules: present, empty when the
+# source leaves them out (de-identification tools often drop them)
+_TYPE_2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 def write_secondary_capture(
@@ -52,9 +65,10 @@ def write_secondary_capture(
     """Write an overlay as a DICOM Secondary Capture image in the source radiograph's study.
 
     The new object (SOP Class 1.2.840.10008.5.1.4.1.1.7, RGB, 8 bits) keeps the source's patient
-    module and StudyInstanceUID, gets a new SeriesInstanceUID and SOPInstanceUID, and references
-    the source image in ``ReferencedSeriesSequence`` and ``SourceImageSequence``. ImageType is
-    DERIVED\\SECONDARY, and the derivation is described in ``DerivationDescription``.
+    module and StudyInstanceUID (type 2 attributes the source leaves out are written empty), gets
+    a new SeriesInstanceUID and SOPInstanceUID, and references the source image in
+    ``ReferencedSeriesSequence`` and ``SourceImageSequence``. ImageType is DERIVED\\SECONDARY, and
+    the derivation is described in ``DerivationDescription``.
 
     Args:
         overlay_rgb: ``(H, W, 3)`` uint8 image, e.g. from
@@ -89,6 +103,9 @@ def write_secondary_capture(
     for key in _COPIED:
         if key in src:
             ds[key] = src[key]
+    for key in _TYPE_2:
+        if key not in ds:
+            setattr(ds, key, "")
     ds.SOPClassUID = SECONDARY_CAPTURE_SOP_CLASS
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
