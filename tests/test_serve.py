@@ -828,17 +828,29 @@ def test_a_scan_without_type_2_patient_and_study_attributes_is_scored(
 def test_what_is_not_a_radiograph_gets_a_failure_record_naming_why(
     ckpt: Path, tmp_path: Path
 ) -> None:
-    """An MR image (posted to the HTTP face, or in the spool) or a Secondary Capture of a CT is
-    refused by its header; a Secondary Capture of a radiograph (Modality OT) is scored."""
+    """Refused by their headers: an MR image (in the spool, or posted to the HTTP face with or
+    without preamble), a Secondary Capture of a CT or of a workstation screen, and the node's own
+    Grad-CAM result sent back to it (it would otherwise be scored again and again); a Secondary
+    Capture of a digitised film is scored."""
+    from chestxr.explain.secondary_capture import write_secondary_capture
+    from chestxr.serve.admission import NotScorable
     from chestxr.serve.http import score_bytes
-    from chestxr.serve.worker import NotScorable, Scorer, Worker
+    from chestxr.serve.worker import Scorer, Worker
 
     mr, sc = "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.7"
     files = {
         "mr": make_radiograph(tmp_path / "mr.dcm", SOPClassUID=mr, Modality="MR"),
         "sc_ct": make_radiograph(tmp_path / "sc_ct.dcm", seed=1, SOPClassUID=sc, Modality="CT"),
-        "sc_ot": make_radiograph(tmp_path / "sc_ot.dcm", seed=2, SOPClassUID=sc, Modality="OT"),
+        "sc_screen": make_radiograph(
+            tmp_path / "sc_ws.dcm", seed=2, SOPClassUID=sc, Modality="OT", ConversionType="WSD"
+        ),
+        "sc_film": make_radiograph(
+            tmp_path / "sc_df.dcm", seed=3, SOPClassUID=sc, Modality="OT", ConversionType="DF"
+        ),
     }
+    source = make_radiograph(tmp_path / "src.dcm", seed=4)
+    rgb = np.zeros((96, 96, 3), np.uint8)
+    files["ours"] = write_secondary_capture(rgb, source, tmp_path / "ours.dcm")
     spool = Spool(tmp_path / "spool")
     keys = {}
     for name, path in files.items():
@@ -849,15 +861,33 @@ def test_what_is_not_a_radiograph_gets_a_failure_record_naming_why(
     Worker(spool, scorer, tmp_path / "out", Metrics()).process(spool.claim(8))
     records = {name: spool.record(key) for name, key in keys.items()}
     assert records["mr"]["reason"] == "not a radiograph: SOP class MR Image Storage"
-    assert records["sc_ct"]["reason"] == "not a radiograph: Secondary Capture of Modality 'CT'"
-    assert records["sc_ot"]["state"] == "done"
-    with pytest.raises(NotScorable, match="MR Image Storage"):
-        score_bytes(scorer, files["mr"].read_bytes(), tmp_path)
-    assert (
-        0
-        <= score_bytes(scorer, files["sc_ot"].read_bytes(), tmp_path)["outputs"][0]["probability"]
-        <= 1
-    )
+    assert records["sc_ct"]["reason"] == "not a radiograph: Modality 'CT'"
+    wsd = "not a radiograph: Secondary Capture of ConversionType 'WSD'"
+    assert records["sc_screen"]["reason"] == records["ours"]["reason"] == wsd
+    assert records["sc_film"]["state"] == "done"
+    # over HTTP, with and without the preamble and file meta header
+    bare = tmp_path / "mr_bare.dcm"
+    ds = pydicom.dcmread(files["mr"])
+    del ds.file_meta
+    ds.preamble = None
+    pydicom.dcmwrite(bare, ds, implicit_vr=True, little_endian=True)
+    assert bare.read_bytes()[128:132] != b"DICM"
+    for path in (files["mr"], bare):
+        with pytest.raises(NotScorable, match="MR Image Storage"):
+            score_bytes(scorer, path.read_bytes(), tmp_path)
+    answer = score_bytes(scorer, files["sc_film"].read_bytes(), tmp_path)
+    assert 0 <= answer["outputs"][0]["probability"] <= 1
+
+
+def test_a_chestxr_result_is_refused_whatever_its_sop_class() -> None:
+    from chestxr.serve.admission import NotScorable, check_frontal_chest
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.1.1", "DX"
+    check_frontal_chest(ds)  # a DX: scored
+    ds.Manufacturer = "chestxr"
+    with pytest.raises(NotScorable, match="a chestxr result"):
+        check_frontal_chest(ds)
 
 
 @pytest.mark.parametrize("keyword", ["SeriesInstanceUID", "Modality"])

@@ -18,6 +18,7 @@ from chestxr.utils.files import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 SECONDARY_CAPTURE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+MANUFACTURER = "chestxr"  # of every object chestxr writes (the node refuses them as input)
 # Patient module and the study-level attributes the new series shares with its source.
 _COPIED = (
     "SpecificCharacterSet",
@@ -38,10 +39,13 @@ _COPIED = (
     "ReferringPhysicianName",
     "StudyDescription",
     "PatientAge",
+    "PatientOrientation",
 )
-# type 2 in the Secondary Capture's Patient and General Study modules: present, empty when the
-# source leaves them out (de-identification tools often drop them)
+# type 2 in the Secondary Capture's Patient and General Study modules (2C in General Image for
+# Patient Orientation, required here): present, empty when the source leaves them out
+# (de-identification tools often drop them)
 _TYPE_2 = (
+    "PatientOrientation",
     "PatientName",
     "PatientID",
     "PatientBirthDate",
@@ -119,7 +123,7 @@ def write_secondary_capture(
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DerivationDescription = f"{series_description}: class activation map over the source image"
     ds.BurnedInAnnotation = "NO"
-    ds.Manufacturer = "chestxr"
+    ds.Manufacturer = MANUFACTURER
 
     ref_instance = Dataset()
     ref_instance.ReferencedSOPClassUID = src.SOPClassUID

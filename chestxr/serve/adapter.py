@@ -96,6 +96,26 @@ def read_error_reason(err: RadiographReadError) -> str:
     return str(getattr(err, "reason", err))
 
 
+def dicom_header(path: str | Path) -> Any:
+    """The DICOM data set of ``path`` without its pixels, for header checks: read as chestxr's
+    reader reads it (also without preamble and file meta header); None for a PNG or JPEG.
+
+    Raises:
+        RadiographReadError: not a readable DICOM image.
+    """
+    from chestxr.io.dicom import read_dicom_dataset
+    from chestxr.io.reader import sniff_format
+
+    if sniff_format(path) in ("png", "jpeg"):
+        return None
+    try:
+        return read_dicom_dataset(path, stop_before_pixels=True)
+    except RadiographReadError:
+        raise
+    except Exception as err:
+        raise RadiographReadError(path, f"{type(err).__name__}: {err}") from err
+
+
 def header(path: str | Path) -> dict[str, Any]:
     """``read_header``'s cheap metadata (no patient identifiers)."""
     return read_header(path)

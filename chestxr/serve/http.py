@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pydicom
-
+from chestxr.io import RadiographReadError
+from chestxr.serve import adapter
 from chestxr.serve.admission import NotScorable, check_frontal_chest
 from chestxr.serve.metrics import Metrics
 from chestxr.serve.worker import Scorer
@@ -35,13 +35,12 @@ def score_bytes(scorer: Scorer, data: bytes, scratch: Path) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(dir=scratch, suffix=".upload") as f:
         f.write(data)
         f.flush()
-        if data[128:132] == b"DICM":
-            try:
-                check_frontal_chest(pydicom.dcmread(f.name, stop_before_pixels=True))
-            except NotScorable:
-                raise
-            except Exception as err:
-                raise NotScorable(f"unreadable DICOM: {type(err).__name__}: {err}") from err
+        try:  # a DICOM (with or without preamble) has its header checked first
+            header = adapter.dicom_header(f.name)
+        except RadiographReadError as err:
+            raise NotScorable(f"unreadable: {adapter.read_error_reason(err)}") from err
+        if header is not None:
+            check_frontal_chest(header)
         image = scorer.prepare(Path(f.name))
     prob, _, _ = scorer.score(image[None])
     info = scorer.info

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from chestxr.explain.secondary_capture import MANUFACTURER
 from chestxr.serve import adapter, iod_lookups
 from chestxr.serve.sr_template import (
     CONTENT_SEQUENCE,
@@ -85,7 +86,7 @@ def build_sr(source: Dataset, result: dict[str, Any], info: dict[str, Any]) -> D
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=derived_uid("device", version, "observer"),
             name="chestxr",
-            manufacturer_name="chestxr",
+            manufacturer_name=MANUFACTURER,
             model_name=info["model_name"],
             serial_number=version,
         ),
@@ -154,7 +155,7 @@ def _document(source: Dataset, info: dict[str, Any], content: Dataset) -> hd.sr.
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=derived_uid(source.SOPInstanceUID, version, "sr"),
         instance_number=1,
-        manufacturer="chestxr",
+        manufacturer=MANUFACTURER,
         series_description=f"chestxr AI result ({RESEARCH_ONLY.lower()})",
     )
 
