@@ -130,6 +130,8 @@ def test_fast_sr_equals_highdicoms_for_every_source_and_result(
     assert len(builder._content) == 2
 
 
+# the type 2 attributes of the SR's Patient and General Study modules, listed from the standard
+# here, not taken from results.SOURCE_TYPE_2: a name dropped there must fail this test
 TYPE_2 = (
     "PatientName",
     "PatientID",
