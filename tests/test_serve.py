@@ -823,6 +823,7 @@ def test_a_scan_without_type_2_patient_and_study_attributes_is_scored(
         for keyword in dropped:
             assert keyword in obj and not obj[keyword].value, keyword
         assert obj.PatientID == pydicom.dcmread(src).PatientID
+    assert "PatientOrientation" in sc  # type 2C in its General Image module; the source has none
 
 
 def test_what_is_not_a_radiograph_gets_a_failure_record_naming_why(
