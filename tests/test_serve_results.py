@@ -38,7 +38,9 @@ def outputs(names: list[str], probs: list[float], thresholds: list[float]) -> di
 def sources(tmp: Path) -> list[Dataset]:
     """Varied sources: another patient and study each; with and without the attributes that
     change what highdicom copies (acquisition equipment, character set, extra patient and study
-    attributes, referring physician), a DX as well as CR."""
+    attributes, referring physician), a DX as well as CR. The first three have each another
+    shape (attribute set); the next two have the first two's shapes with other values, so that
+    a document made from an earlier source's and kept any of its values would differ."""
     plain = make_radiograph(tmp / "a.dcm", seed=1)
     rich = make_radiograph(
         tmp / "b.dcm",
@@ -58,7 +60,35 @@ def sources(tmp: Path) -> list[Dataset]:
     dx = pydicom.dcmread(make_radiograph(tmp / "c.dcm", seed=3), stop_before_pixels=True)
     dx.SOPClassUID = DX_FOR_PRESENTATION
     dx.Modality = "DX"
-    return [*out, dx]
+    plain2 = make_radiograph(
+        tmp / "d.dcm",
+        seed=4,
+        PatientName="Roe^Richard",
+        PatientBirthDate="19551231",
+        PatientSex="M",
+        AccessionNumber="ACC-77",
+        StudyID="S9",
+        StudyDate="20250302",
+        StudyTime="083015",
+    )
+    rich2 = make_radiograph(
+        tmp / "e.dcm",
+        seed=5,
+        Manufacturer="Other Corp",
+        ManufacturerModelName="Y7",
+        DeviceSerialNumber="12",
+        SoftwareVersions="9.0",
+        SpecificCharacterSet="ISO_IR 100",
+        PatientAge="033Y",
+        PatientWeight=80.0,
+        StudyDescription="THORAX AP",
+        ReferringPhysicianName="Else^Body",
+        PatientName="Ångström^Åsa",
+    )
+    later = [pydicom.dcmread(p, stop_before_pixels=True) for p in (plain2, rich2)]
+    for earlier, same_shape in zip(out, later, strict=True):
+        assert set(earlier.keys()) == set(same_shape.keys())
+    return [*out, dx, *later]
 
 
 def canonical(ds: Dataset) -> Dataset:
@@ -128,6 +158,9 @@ def test_fast_sr_equals_highdicoms_for_every_source_and_result(
             assert differences(fast, slow) == [], (src.PatientID, probs)
     # highdicom built the content once per character set of the sources (none, ISO_IR 100)
     assert len(builder._content) == 2
+    # and the document once per shape of source (plain, rich, DX): the later sources of a
+    # shape got theirs from its template
+    assert len(builder._documents) == 3
 
 
 # the type 2 attributes of the SR's Patient and General Study modules, listed from the standard
@@ -176,7 +209,7 @@ def test_fast_sr_carries_this_instances_values(tmp_path):
     probability and decision (a template that kept the first one's would fail here)."""
     info = {**BINARY, "outputs": ["opacity"]}
     builder = results.ReportBuilder(info)
-    a, b, _ = sources(tmp_path)
+    a, b, *_ = sources(tmp_path)
     builder.build(a, outputs(["opacity"], [0.9], [0.5]))
     sr = canonical(builder.build(b, outputs(["opacity"], [0.125], [0.5])))
     assert sr.PatientID == b.PatientID and sr.StudyInstanceUID == b.StudyInstanceUID
@@ -223,7 +256,7 @@ def test_written_sr_file_is_a_valid_part10_file_equal_to_highdicoms(tmp_path):
     element by element, deferred) to highdicom's SR."""
     info = {**BINARY, "outputs": ["opacity"]}
     builder = results.ReportBuilder(info)
-    a, b, _ = sources(tmp_path)
+    a, b, *_ = sources(tmp_path)
     builder.build(a, outputs(["opacity"], [0.2], [0.5]))
     path = results.write_sr(
         b, outputs(["opacity"], [0.6], [0.5]), info, tmp_path / "sr.dcm", builder
@@ -270,7 +303,7 @@ def test_fast_sr_refuses_a_source_highdicom_refuses(tmp_path):
     """The checks highdicom makes of a source image hold on the fast path too."""
     info = {**BINARY, "outputs": ["opacity"]}
     builder = results.ReportBuilder(info)
-    good, bad, _ = sources(tmp_path)
+    good, bad, *_ = sources(tmp_path)
     builder.build(good, outputs(["opacity"], [0.9], [0.5]))
     bad.Modality = "SR"  # not an image
     with pytest.raises(Exception) as slow:
@@ -371,3 +404,39 @@ def test_without_highdicoms_standard_utils_nothing_is_replaced(monkeypatch):
     monkeypatch.setattr(iod_lookups, "_is_attribute_in_iod", None)
     assert iod_lookups.install() == []
     results.ReportBuilder(BINARY)  # builds as before
+
+
+def test_a_document_template_that_does_not_reproduce_highdicoms_is_refused(tmp_path, monkeypatch):
+    """The document template checks itself when made, against highdicom on a changed copy of
+    its source: a document that would keep a value of the source it was made from (here the
+    evidence's series) is refused, not served."""
+    from chestxr.serve import sr_document
+
+    evidence = sr_document.DocumentTemplate._evidence
+
+    def stale(self, source):
+        item = evidence(self, source)
+        item.ReferencedSeriesSequence[0].SeriesInstanceUID = "1.2.3.999"
+        return item
+
+    monkeypatch.setattr(sr_document.DocumentTemplate, "_evidence", stale)
+    builder = results.ReportBuilder({**BINARY, "outputs": ["opacity"]})
+    src = sources(tmp_path)[0]
+    builder.build(src, outputs(["opacity"], [0.9], [0.5]))  # highdicom's own, whole
+    with pytest.raises(RuntimeError, match="document template does not reproduce"):
+        builder.build(src, outputs(["opacity"], [0.2], [0.5]))
+    assert builder._documents == {}
+
+
+def test_without_highdicoms_tables_every_document_is_highdicoms(tmp_path, monkeypatch):
+    """A highdicom that keeps its standard tables elsewhere gets no document template: each
+    document is highdicom's, and the SRs are still equal to build_sr's."""
+    from chestxr.serve import sr_document
+
+    monkeypatch.setattr(sr_document, "standard", None)
+    builder = results.ReportBuilder({**BINARY, "outputs": ["opacity"]})
+    result = outputs(["opacity"], [0.7], [0.5])
+    for src in sources(tmp_path):
+        fast = canonical(builder.build(src, result))
+        assert differences(fast, canonical(results.build_sr(src, result, builder.info))) == []
+    assert builder._documents == {}

@@ -24,7 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from chestxr.explain.secondary_capture import MANUFACTURER
-from chestxr.serve import adapter, iod_lookups
+from chestxr.serve import adapter, iod_lookups, sr_document
 from chestxr.serve.sr_template import (
     CONTENT_SEQUENCE,
     ContentTemplate,
@@ -164,14 +164,18 @@ class ReportBuilder:
     """Builds the SR of each scored instance ~3x faster than :func:`build_sr`, equal to it.
 
     highdicom builds the whole SR of the first instance of a model (per layout: outputs,
-    thresholds and character set), and from then on only the document around the content
-    (patient, study, evidence, equipment: cheap); the measurement content is the first one's,
+    thresholds and character set); the measurement content of later ones is the first one's,
     encoded once, with each instance's own values spliced into its bytes (tracking UIDs, the
-    source image reference, probabilities, decisions; :mod:`chestxr.serve.sr_template`). A test
-    holds the result equal to :func:`build_sr` element for element over varied sources and
-    results. Building and encoding an SR took ~31-35 ms with ``build_sr``, ~15 ms with the content
-    filled as a pydicom data set, ~6-7 ms here (highdicom's document most of it), ~5 ms with
-    highdicom's look-ups in the standard's tables memoized (:mod:`chestxr.serve.iod_lookups`).
+    source image reference, probabilities, decisions; :mod:`chestxr.serve.sr_template`). The
+    document around the content (patient, study, evidence, equipment) is highdicom's for the
+    first source of each shape (SOP class, character set, attribute tags) and made from its
+    template for the later ones (:mod:`chestxr.serve.sr_document`). A test holds the result equal
+    to :func:`build_sr` element for element over varied sources and results. Building and
+    encoding an SR took ~31-35 ms with ``build_sr``, ~15 ms with the content filled as a pydicom
+    data set, ~6-7 ms with the content template (highdicom's document most of it), ~5 ms with
+    highdicom's look-ups in the standard's tables memoized (:mod:`chestxr.serve.iod_lookups`),
+    ~2.8 ms with the document template too (medians of 8 interleaved runs of 48 SRs: 5.05 and
+    2.76 ms).
 
     Args:
         info: the model description from :func:`chestxr.serve.adapter.load`.
@@ -181,6 +185,8 @@ class ReportBuilder:
         iod_lookups.install()  # highdicom's static look-ups, memoized: ~1.3 ms less per SR
         self.info = info
         self._content: dict[tuple, ContentTemplate] = {}  # layout -> its content template
+        # source shape -> its document template
+        self._documents: dict[tuple, sr_document.DocumentTemplate] = {}
         self._lock = threading.Lock()
 
     def build(self, source: Dataset, result: dict[str, Any]) -> Dataset:
@@ -199,13 +205,7 @@ class ReportBuilder:
         # highdicom's checks of the source (modality, pixel description), as build_sr makes them
         hd.sr.SourceImageForMeasurementGroup.from_source_image(source)
         content = template.elements(self._leaves(source, result))
-        stub = hd.sr.ContainerContentItem(
-            name=codes.DCM.ImagingMeasurementReport, template_id="1500"
-        )
-        stub.ContentSequence = hd.sr.ContentSequence(
-            [hd.sr.TextContentItem(name=codes.DCM.Comment, value="-", relationship_type="CONTAINS")]
-        )
-        sr = _document(source, self.info, stub)
+        sr = self._document(source)
         for tag in _ROOT_CONTENT_TAGS:
             if tag in sr:
                 del sr[tag]
@@ -218,6 +218,41 @@ class ReportBuilder:
             False, True, convert_encodings(charset) if charset else default_encoding
         )
         return sr
+
+    def _document(self, source: Dataset) -> Dataset:
+        """The document around the content for ``source``: from the template of the source's
+        shape (made from highdicom's on the first source of that shape), or highdicom's own
+        where this highdicom keeps its tables elsewhere."""
+        if not sr_document.available():
+            return self._highdicom_document(source)
+        filled = evidence(source)
+        shape = sr_document.source_shape(filled)
+        with self._lock:
+            template = self._documents.get(shape)
+        if template is None:
+            document = self._highdicom_document(source)
+            template = sr_document.DocumentTemplate(
+                document, filled, self._highdicom_document, _ROOT_CONTENT_TAGS
+            )
+            with self._lock:
+                self._documents[shape] = template
+            return document
+        version = self.info["model_version"]
+        return template.document(
+            filled,
+            derived_uid(source.SOPInstanceUID, version, "sr"),
+            derived_uid(source.SOPInstanceUID, version, "sr-series"),
+        )
+
+    def _highdicom_document(self, source: Dataset) -> Dataset:
+        """highdicom's document for ``source`` around a placeholder content."""
+        stub = hd.sr.ContainerContentItem(
+            name=codes.DCM.ImagingMeasurementReport, template_id="1500"
+        )
+        stub.ContentSequence = hd.sr.ContentSequence(
+            [hd.sr.TextContentItem(name=codes.DCM.Comment, value="-", relationship_type="CONTAINS")]
+        )
+        return _document(source, self.info, stub)
 
     def _leaves(self, source: Dataset, result: dict[str, Any]) -> list[dict[str, Any]]:
         """Each measurement group's values for ``source`` scored as ``result``."""
