@@ -21,7 +21,10 @@ hardware threads.)
    forward of the same model (same batch size; both warmed up first; the bare figure is the
    faster of the medians measured just before and just after the node's run; REPEATS runs, the
    one with the median ratio reported, every ratio printed), and p50/p95
-   latency from reception (the C-STORE) to the result stored in Orthanc (its C-STORE answered).
+   latency from reception (the C-STORE) to the result stored in Orthanc (its C-STORE answered),
+   and the node's CPU per instance by worker stage (the model's thread, reading, writing, the
+   rest): the forward's share of it is the ratio at one machine speed, where the ratio to the
+   bare forward also carries the machine's drift between the bare runs and the load run.
    Then the **worker pipeline alone**: the same N instances put in a spool beforehand, read,
    scored and their SRs written with no DICOM traffic, PACS or modality in the run; its ratio to
    the bare forward is how far the node's in-process work alone is from it on this machine.
@@ -195,6 +198,25 @@ def _children_cpu_s() -> float:
     return use.ru_utime + use.ru_stime
 
 
+def worker_threads_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of this process's worker threads, by stage: ``forward`` (the thread
+    that runs the model), ``read`` and ``write`` (Linux /proc; the node runs in this process)."""
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        name = thread.name
+        if not name.startswith("chestxr-worker-") or thread.native_id is None:
+            continue
+        stage = name.rsplit("-", 1)[1] if name.endswith(("-read", "-write")) else "forward"
+        try:
+            fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        ticks = fields.rsplit(")", 1)[1].split()
+        seconds = (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")
+        out[stage] = out.get(stage, 0.0) + seconds
+    return out
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -334,6 +356,7 @@ def load_run(
         acked: dict[str, float] = {}
         storescu = dcmtk_storescu()
         cpu0 = {"node": _cpu_s(os.getpid()), "orthanc": _cpu_s(orthanc.pid)}
+        stages0 = worker_threads_cpu_s()
         modality0, jiffies0 = _children_cpu_s(), _cpu_jiffies()
         t, start_ns = time.perf_counter(), time.time_ns()
         if storescu:  # the modality in processes of its own, as in a hospital
@@ -348,6 +371,7 @@ def load_run(
         elapsed = time.perf_counter() - t
         cpu = {k: _cpu_s(p) - cpu0[k] for k, p in (("node", os.getpid()), ("orthanc", orthanc.pid))}
         cpu["modality"] = _children_cpu_s() - modality0  # storescu (0 with pynetdicom threads)
+        stages = {k: v - stages0.get(k, 0.0) for k, v in worker_threads_cpu_s().items()}
         busy, stolen = _busy_since(jiffies0), _stolen_since(jiffies0)
         records = (tmp / "load/state/spool/done").glob("*.json")
         received = sorted(json.loads(r.read_text())["received_ns"] for r in records)[len(warm) :]
@@ -366,6 +390,11 @@ def load_run(
         # and the modality; and how busy the node's CPUs were (1.0: every one, all the time)
         "cpu_s": cpu,
         "cpu_ms_per_instance": {k: 1000 * v / len(files) for k, v in cpu.items()},
+        # the node's CPU by worker stage (the rest: receiving, sending, this benchmark's wait)
+        "node_cpu_ms_per_instance_by_stage": {
+            **{k: 1000 * v / len(files) for k, v in stages.items()},
+            "rest": 1000 * (cpu["node"] - sum(stages.values())) / len(files),
+        },
         "cpus_busy": busy,
         "cpus_stolen": stolen,
         "modality_done_s": sent_s,  # every C-STORE answered
@@ -583,6 +612,15 @@ def main(
         ("  CPU per instance: Orthanc (ms)", load["cpu_ms_per_instance"]["orthanc"]),
         ("  CPU per instance: modality (ms)", load["cpu_ms_per_instance"]["modality"]),
         ("  CPU per image: bare forward (ms)", bare["model_cpu_ms_per_img"]),
+        *(
+            (f"  node CPU per instance: {stage} (ms)", ms)
+            for stage, ms in load["node_cpu_ms_per_instance_by_stage"].items()
+        ),
+        (
+            "  forward's share of the node's CPU",
+            load["node_cpu_ms_per_instance_by_stage"].get("forward", 0.0)
+            / load["cpu_ms_per_instance"]["node"],
+        ),
         ("  ceiling: bare CPU / all CPU per instance on its CPUs", report["ceiling"]),
         ("  node's CPUs busy during the run", load["cpus_busy"]),
         ("  node's CPUs stolen by the hypervisor", load["cpus_stolen"]),

@@ -161,7 +161,7 @@ def _document(source: Dataset, info: dict[str, Any], content: Dataset) -> hd.sr.
 
 
 class ReportBuilder:
-    """Builds the SR of each scored instance ~3x faster than :func:`build_sr`, equal to it.
+    """Builds the SR of each scored instance ~10x faster than :func:`build_sr`, equal to it.
 
     highdicom builds the whole SR of the first instance of a model (per layout: outputs,
     thresholds and character set); the measurement content of later ones is the first one's,
