@@ -218,6 +218,18 @@ def test_fast_sr_carries_this_instances_values(tmp_path):
     assert "0.125" in flat and "Absent" in flat and "Present" not in flat
 
 
+def test_each_sr_keeps_its_own_file_meta(tmp_path):
+    """SRs built one after another from one template each name their own instance in their file
+    meta (a meta shared with the template would take the last one's UID in all of them)."""
+    builder = results.ReportBuilder({**BINARY, "outputs": ["opacity"]})
+    plain, _, _, plain2, _ = sources(tmp_path)
+    srs = [builder.build(s, outputs(["opacity"], [0.4], [0.5])) for s in (plain, plain2, plain)]
+    assert len(builder._documents) == 1  # the last two from the template
+    for sr in srs:
+        assert sr.file_meta.MediaStorageSOPInstanceUID == sr.SOPInstanceUID
+    assert srs[1].SOPInstanceUID != srs[2].SOPInstanceUID
+
+
 def test_a_layout_the_builder_does_not_know_is_refused(tmp_path):
     info = {**BINARY, "outputs": ["opacity"]}
     builder = results.ReportBuilder(info)

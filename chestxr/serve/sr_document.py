@@ -173,7 +173,9 @@ class DocumentTemplate:
         sex = source.PatientSex
         sr = Dataset()
         sr.preamble = b"\x00" * 128
-        sr.file_meta = FileMetaDataset(self.meta)
+        sr.file_meta = FileMetaDataset()  # elements of its own: another SR's are not touched
+        for elem in self.meta:
+            sr.file_meta.add_new(elem.tag, elem.VR, elem.value)
         sr.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
         for elem in self.fixed:
             sr[elem.tag] = elem
