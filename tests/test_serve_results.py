@@ -160,7 +160,7 @@ def test_fast_sr_equals_highdicoms_for_every_source_and_result(
     assert len(builder._content) == 2
     # and the document once per shape of source (plain, rich, DX): the later sources of a
     # shape got theirs from its template
-    assert len(builder._documents) == 3
+    assert len(builder._documents) == 3 and None not in builder._documents.values()
 
 
 # the type 2 attributes of the SR's Patient and General Study modules, listed from the standard
@@ -223,11 +223,17 @@ def test_each_sr_keeps_its_own_file_meta(tmp_path):
     meta (a meta shared with the template would take the last one's UID in all of them)."""
     builder = results.ReportBuilder({**BINARY, "outputs": ["opacity"]})
     plain, _, _, plain2, _ = sources(tmp_path)
-    srs = [builder.build(s, outputs(["opacity"], [0.4], [0.5])) for s in (plain, plain2, plain)]
-    assert len(builder._documents) == 1  # the last two from the template
+    result = outputs(["opacity"], [0.4], [0.5])
+    # the first SR is build_sr's, the second highdicom's document (the template is made from
+    # it), the last two from the template
+    srs = [builder.build(s, result) for s in (plain, plain2)]
+    srs[1].file_meta.ImplementationVersionName = "EDITED"  # a caller editing the one it got
+    srs += [builder.build(s, result) for s in (plain, plain2)]
+    assert len(builder._documents) == 1 and None not in builder._documents.values()
     for sr in srs:
         assert sr.file_meta.MediaStorageSOPInstanceUID == sr.SOPInstanceUID
-    assert srs[1].SOPInstanceUID != srs[2].SOPInstanceUID
+    assert len({sr.SOPInstanceUID for sr in srs}) == 2
+    assert srs[3].file_meta.ImplementationVersionName != "EDITED"
 
 
 def test_a_layout_the_builder_does_not_know_is_refused(tmp_path):
@@ -309,6 +315,33 @@ def test_fast_sr_keeps_text_outside_latin1_in_a_utf8_study(tmp_path):
     assert "pleural effusion čž" in str(
         canonical(builder.build(utf8[1], outputs(names, [0.3], [0.5])))
     )
+
+
+def test_fast_sr_of_an_iso_2022_study_equals_highdicoms(tmp_path):
+    """A source with a multi-valued character set (ISO 2022 code extensions, as Japanese and
+    Korean modalities send) and an ideographic patient name: its SRs are highdicom's, from the
+    document template too (the builder failed on the unhashable value before)."""
+    info = {**BINARY, "outputs": ["opacity"]}
+    builder = results.ReportBuilder(info)
+    scans = [
+        pydicom.dcmread(
+            make_radiograph(
+                tmp_path / f"j{i}.dcm",
+                seed=i,
+                SpecificCharacterSet=["ISO 2022 IR 6", "ISO 2022 IR 87"],
+                PatientName=name,
+            ),
+            stop_before_pixels=True,
+        )
+        for i, name in enumerate(["Yamada^Tarou=山田^太郎", "Sato^Hanako=佐藤^花子"])
+    ]
+    for src, p in ((scans[0], 0.8), (scans[1], 0.3), (scans[0], 0.6), (scans[1], 0.1)):
+        result = outputs(["opacity"], [p], [0.5])
+        fast = canonical(builder.build(src, result))
+        assert differences(fast, canonical(results.build_sr(src, result, info))) == []
+        assert str(fast.PatientName) == str(src.PatientName)
+    assert list(builder._documents.values()) != [None]  # the last two from the template
+    assert len(builder._documents) == 1
 
 
 def test_fast_sr_refuses_a_source_highdicom_refuses(tmp_path):
@@ -418,10 +451,13 @@ def test_without_highdicoms_standard_utils_nothing_is_replaced(monkeypatch):
     results.ReportBuilder(BINARY)  # builds as before
 
 
-def test_a_document_template_that_does_not_reproduce_highdicoms_is_refused(tmp_path, monkeypatch):
+def test_a_document_template_that_does_not_reproduce_highdicoms_is_not_used(
+    tmp_path, monkeypatch, caplog
+):
     """The document template checks itself when made, against highdicom on a changed copy of
-    its source: a document that would keep a value of the source it was made from (here the
-    evidence's series) is refused, not served."""
+    its source: one that would keep a value of the source it was made from (here the evidence's
+    series) is not used; the SRs of that shape stay highdicom's, equal to build_sr's, with a
+    warning."""
     from chestxr.serve import sr_document
 
     evidence = sr_document.DocumentTemplate._evidence
@@ -432,12 +468,47 @@ def test_a_document_template_that_does_not_reproduce_highdicoms_is_refused(tmp_p
         return item
 
     monkeypatch.setattr(sr_document.DocumentTemplate, "_evidence", stale)
-    builder = results.ReportBuilder({**BINARY, "outputs": ["opacity"]})
-    src = sources(tmp_path)[0]
-    builder.build(src, outputs(["opacity"], [0.9], [0.5]))  # highdicom's own, whole
-    with pytest.raises(RuntimeError, match="document template does not reproduce"):
-        builder.build(src, outputs(["opacity"], [0.2], [0.5]))
-    assert builder._documents == {}
+    info = {**BINARY, "outputs": ["opacity"]}
+    builder = results.ReportBuilder(info)
+    plain, _, _, plain2, _ = sources(tmp_path)
+    with caplog.at_level("WARNING", logger="chestxr.serve.results"):
+        for src, p in ((plain, 0.9), (plain2, 0.2), (plain, 0.4), (plain2, 0.7)):
+            result = outputs(["opacity"], [p], [0.5])
+            fast = canonical(builder.build(src, result))
+            assert differences(fast, canonical(results.build_sr(src, result, info))) == []
+    assert list(builder._documents.values()) == [None]
+    warnings = [m for m in (r.getMessage() for r in caplog.records) if "no SR document" in m]
+    assert len(warnings) == 1 and "does not reproduce" in warnings[0]
+
+
+def test_the_document_check_changes_every_value_it_can(tmp_path):
+    """The copy of the source a document template is checked on differs from it in every
+    single-valued text, number, date and time (so a template carrying any of them over from its
+    source fails its check), and not in its code strings."""
+    from chestxr.serve import sr_document
+
+    src = sources(tmp_path)[1]  # the rich one: equipment, age, weight, description, physician
+    changed = {e.keyword for e in src if sr_document._changed(e) is not None}
+    assert {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientAge",
+        "PatientWeight",
+        "StudyDescription",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "StudyID",
+        "ReferringPhysicianName",
+        "Manufacturer",
+        "ManufacturerModelName",
+    } <= changed
+    assert not changed & {"PatientSex", "Modality", "SpecificCharacterSet"}
+    for elem in src:
+        new = sr_document._changed(elem)
+        if new is not None:
+            assert str(new) != str(elem.value), elem.keyword
 
 
 def test_without_highdicoms_tables_every_document_is_highdicoms(tmp_path, monkeypatch):

@@ -185,14 +185,13 @@ class ReportBuilder:
         iod_lookups.install()  # highdicom's static look-ups, memoized: ~1.3 ms less per SR
         self.info = info
         self._content: dict[tuple, ContentTemplate] = {}  # layout -> its content template
-        # source shape -> its document template
-        self._documents: dict[tuple, sr_document.DocumentTemplate] = {}
+        # source shape -> its document template (None: that shape's are highdicom's)
+        self._documents: dict[tuple, sr_document.DocumentTemplate | None] = {}
         self._lock = threading.Lock()
 
     def build(self, source: Dataset, result: dict[str, Any]) -> Dataset:
         """The SR of ``source`` scored as ``result`` (see :func:`build_sr`)."""
-        charset = source.get("SpecificCharacterSet")  # the SR's text is encoded in the source's
-        charset = tuple(charset) if isinstance(charset, list | tuple) else charset
+        charset = sr_document.charset_key(source)  # the SR's text is encoded in the source's
         layout = (charset, *((o["name"], float(o["threshold"])) for o in result["outputs"]))
         with self._lock:
             template = self._content.get(layout)
@@ -228,14 +227,14 @@ class ReportBuilder:
         filled = evidence(source)
         shape = sr_document.source_shape(filled)
         with self._lock:
+            known = shape in self._documents
             template = self._documents.get(shape)
         if template is None:
             document = self._highdicom_document(source)
-            template = sr_document.DocumentTemplate(
-                document, filled, self._highdicom_document, _ROOT_CONTENT_TAGS
-            )
-            with self._lock:
-                self._documents[shape] = template
+            if not known:
+                template = self._new_template(document, filled)
+                with self._lock:
+                    self._documents[shape] = template
             return document
         version = self.info["model_version"]
         return template.document(
@@ -243,6 +242,24 @@ class ReportBuilder:
             derived_uid(source.SOPInstanceUID, version, "sr"),
             derived_uid(source.SOPInstanceUID, version, "sr-series"),
         )
+
+    def _new_template(
+        self, document: Dataset, source: Dataset
+    ) -> sr_document.DocumentTemplate | None:
+        """The template of ``source``'s shape, or None (with a warning) when it cannot be made
+        or does not make highdicom's document: that shape's documents then stay highdicom's."""
+        try:
+            return sr_document.DocumentTemplate(
+                document, source, self._highdicom_document, _ROOT_CONTENT_TAGS
+            )
+        except Exception as err:  # whatever it is, highdicom's own documents stay right
+            log.warning(
+                "no SR document template (%s: %s); the SRs of such sources are built by "
+                "highdicom alone",
+                type(err).__name__,
+                err,
+            )
+            return None
 
     def _highdicom_document(self, source: Dataset) -> Dataset:
         """highdicom's document for ``source`` around a placeholder content."""

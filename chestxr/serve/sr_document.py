@@ -14,10 +14,11 @@ flags, SOP class, character set...) encoded once, and makes each instance's docu
 and the instance's own values, set as highdicom sets them. A template serves sources of one
 shape only (the same SOP class, character set and attribute tags: :func:`source_shape`), so that
 no attribute one source has and the next lacks is carried over. Each template checks itself when
-made, against highdicom, on a copy of its source whose UIDs and identifiers are changed: an
-attribute of the document that follows the source and that the template does not set stops the
-node instead of being served stale. ``tests/test_serve_results.py`` holds the documents equal to
-highdicom's, element for element, over varied sources.
+made, against highdicom, on a copy of its source whose UIDs and every single-valued text,
+number, date and time are changed: a template that would carry any of them over from its source
+is not used (that shape's documents stay highdicom's, with a warning) instead of a stale value
+being served. ``tests/test_serve_results.py`` holds the documents equal to highdicom's, element
+for element, over varied sources, several of each shape.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pydicom.charset import convert_encodings
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.valuerep import DA, TM
+from pydicom.valuerep import DA, TM, PersonName
 
 from chestxr.serve.sr_template import ContentTemplate, _encoded
 
@@ -73,7 +74,17 @@ _PERTURBED_UIDS = {
     "SeriesInstanceUID": "1.2.826.0.1.3680043.8.498.102",
     "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.103",
 }
-_PERTURBED_TEXT = ("PatientID", "AccessionNumber", "StudyID")
+# the longest value of each text VR the check changes (by putting "Z" in front)
+_TEXT_VRS = {"AE": 16, "LO": 64, "LT": 10240, "PN": 64, "SH": 16, "ST": 1024, "UC": 1024}
+# another valid value for each VR of numbers, dates and times (and a second where it is the same)
+_OTHER_VALUES = {
+    "AS": ("099Y", "098Y"),
+    "DA": ("19010203", "19020304"),
+    "TM": ("010203", "020304"),
+    "DT": ("19010203010203", "19020304020304"),
+    "DS": ("1.5", "2.5"),
+    "IS": ("7", "8"),
+}
 # what highdicom stamps with the time of the build
 _NOW = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
 
@@ -103,9 +114,14 @@ def copied_tags(sop_class_uid: str) -> tuple[int, ...]:
 def source_shape(source: Dataset) -> tuple:
     """What a template depends on in a source besides its values: SOP class, character set
     and the set of its top-level tags."""
+    return (str(source.SOPClassUID), charset_key(source), frozenset(source.keys()))
+
+
+def charset_key(source: Dataset) -> str | tuple[str, ...] | None:
+    """``source``'s Specific Character Set as a key: a multi-valued one (ISO 2022 code
+    extensions) as a tuple."""
     charset = source.get("SpecificCharacterSet")
-    charset = tuple(charset) if isinstance(charset, list | tuple) else charset
-    return (str(source.SOPClassUID), charset, frozenset(source.keys()))
+    return charset if charset is None or isinstance(charset, str) else tuple(charset)
 
 
 class DocumentTemplate:
@@ -121,7 +137,7 @@ class DocumentTemplate:
 
     Raises:
         RuntimeError: the template does not make highdicom's document for a changed copy of
-            ``source``.
+            ``source`` (the caller then keeps to highdicom's for this shape).
     """
 
     def __init__(
@@ -141,22 +157,22 @@ class DocumentTemplate:
             for elem in document
             if elem.tag not in per_instance
         ]
-        self.meta = FileMetaDataset(document.file_meta)
+        # the values, not the elements: ``document`` goes on to be an SR of its own
+        self.meta = [(elem.tag, elem.VR, elem.value) for elem in document.file_meta]
         self._check(source, build, set(content_tags))
 
     def _check(
         self, source: Dataset, build: Callable[[Dataset], Dataset], content_tags: set[int]
     ) -> None:
         """Build the document of a changed copy of ``source`` both ways and compare."""
-        changed = {tag_for_keyword(k) for k in (*_PERTURBED_UIDS, *_PERTURBED_TEXT)}
+        uids = {tag_for_keyword(keyword): uid for keyword, uid in _PERTURBED_UIDS.items()}
         other = Dataset()  # new elements where changed: ``source`` stays as it is
         for elem in source:
-            if elem.tag not in changed:
+            value = uids.get(elem.tag) or _changed(elem)
+            if value is None:
                 other.add(elem)
-        for keyword, uid in _PERTURBED_UIDS.items():
-            setattr(other, keyword, uid)
-        for keyword in _PERTURBED_TEXT:
-            setattr(other, keyword, (str(source.get(keyword) or "") + "Z")[-16:])
+            else:
+                other.add_new(elem.tag, elem.VR, value)
         theirs = build(other)
         ours = self.document(other, theirs.SOPInstanceUID, theirs.SeriesInstanceUID)
         if _comparable(ours, content_tags) != _comparable(theirs, content_tags):
@@ -174,8 +190,8 @@ class DocumentTemplate:
         sr = Dataset()
         sr.preamble = b"\x00" * 128
         sr.file_meta = FileMetaDataset()  # elements of its own: another SR's are not touched
-        for elem in self.meta:
-            sr.file_meta.add_new(elem.tag, elem.VR, elem.value)
+        for tag, vr, value in self.meta:
+            sr.file_meta.add_new(tag, vr, value)
         sr.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
         for elem in self.fixed:
             sr[elem.tag] = elem
@@ -221,14 +237,36 @@ class DocumentTemplate:
         return study
 
 
+def _changed(elem: Any) -> Any:
+    """Another valid value for a single-valued text, number, date or time element (None for
+    the rest: code strings, sequences, binary and multi-valued elements, empty ones)."""
+    value = str(elem.value) if isinstance(elem.value, PersonName) else elem.value
+    if elem.VR == "SQ" or not value or not isinstance(value, str | int | float):
+        return None
+    if elem.VR in _TEXT_VRS:
+        text = str(value)
+        changed = ("Z" + text)[: _TEXT_VRS[elem.VR]]
+        return changed if changed != text else ("Y" + text)[: _TEXT_VRS[elem.VR]]
+    if elem.VR in _OTHER_VALUES:
+        first, second = _OTHER_VALUES[elem.VR]
+        return first if str(value) != first else second
+    return None
+
+
 def _comparable(ds: Dataset, skip: set[int] = frozenset()) -> dict[int, Any]:
-    """``ds``'s elements (but ``skip``) by tag, with the values stamped with the time of the
-    build left out."""
-    out = {}
+    """``ds``'s elements (but ``skip``) by tag, VR and value, with the values stamped with the
+    time of the build left out."""
+    out: dict[int, Any] = {}
     for elem in ds:
-        if elem.tag in skip or elem.keyword in _NOW or elem.keyword == "ContributionDateTime":
+        if elem.tag in skip or elem.keyword in _NOW:
             continue
-        out[elem.tag] = (
-            [_comparable(item) for item in elem.value] if elem.VR == "SQ" else elem.value
-        )
+        if elem.keyword == "ContributingEquipmentSequence":  # highdicom's own item: its time
+            items = [_comparable(item) for item in elem.value]
+            if items:
+                items[-1].pop(tag_for_keyword("ContributionDateTime"), None)
+            out[elem.tag] = items
+        elif elem.VR == "SQ":
+            out[elem.tag] = [_comparable(item) for item in elem.value]
+        else:
+            out[elem.tag] = (elem.VR, elem.value)
     return out
