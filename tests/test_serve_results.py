@@ -202,6 +202,17 @@ def test_a_source_without_a_type_2_attribute_gets_its_sr_with_it_empty(tmp_path,
         if keyword != "PatientName":
             assert sr.PatientName == "Müller^Jörg"
     assert src == before
+    # a second source of that shape (the attribute missing too), other values: from the
+    # document template made from the first
+    other = copy.deepcopy(sources(tmp_path)[4])  # rich2: the rich one's shape
+    other.SOPInstanceUID = "1.2.3.4.6"
+    if keyword in other:
+        del other[keyword]
+    fast = builder.build(other, result)
+    assert None not in builder._documents.values() and len(builder._documents) == 1
+    slow = results.build_sr(other, result, info)
+    assert differences(canonical(fast), canonical(slow)) == []
+    assert keyword in fast and not fast[keyword].value
 
 
 def test_fast_sr_carries_this_instances_values(tmp_path):
