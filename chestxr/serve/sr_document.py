@@ -147,13 +147,12 @@ class DocumentTemplate:
         build: Callable[[Dataset], Dataset],
         content_tags: tuple[int, ...],
     ) -> None:
-        self.shape = source_shape(source)
         charset = document.get("SpecificCharacterSet")
-        self.encodings = convert_encodings(charset) if charset else convert_encodings([])
+        encodings = convert_encodings(charset or [])
         per_instance = {tag_for_keyword(k) for k in _PER_DOCUMENT}
         per_instance |= set(copied_tags(str(source.SOPClassUID))) | set(content_tags)
         self.fixed: list[RawDataElement] = [
-            ContentTemplate._raw(elem.tag, *_encoded(elem, self.encodings))
+            ContentTemplate._raw(elem.tag, *_encoded(elem, encodings))
             for elem in document
             if elem.tag not in per_instance
         ]
