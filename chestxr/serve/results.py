@@ -60,6 +60,12 @@ def derived_uid(source_uid: str, model_version: str, what: str) -> str:
     return generate_uid(entropy_srcs=[source_uid, model_version, what])
 
 
+def sr_uids(source: Dataset, model_version: str) -> tuple[str, str]:
+    """The SR's SOP Instance UID and Series Instance UID for ``source``."""
+    uid = source.SOPInstanceUID
+    return derived_uid(uid, model_version, "sr"), derived_uid(uid, model_version, "sr-series")
+
+
 def _finding(name: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(name[:16].upper(), FINDING_SCHEME, name)
 
@@ -147,13 +153,13 @@ def evidence(source: Dataset) -> Dataset:
 
 def _document(source: Dataset, info: dict[str, Any], content: Dataset) -> hd.sr.Comprehensive3DSR:
     """The SR document of ``source`` around ``content`` (the report's root container)."""
-    version = info["model_version"]
+    sop_instance_uid, series_instance_uid = sr_uids(source, info["model_version"])
     return hd.sr.Comprehensive3DSR(
         evidence=[evidence(source)],
         content=content,
-        series_instance_uid=derived_uid(source.SOPInstanceUID, version, "sr-series"),
+        series_instance_uid=series_instance_uid,
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=derived_uid(source.SOPInstanceUID, version, "sr"),
+        sop_instance_uid=sop_instance_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         series_description=f"chestxr AI result ({RESEARCH_ONLY.lower()})",
@@ -236,12 +242,7 @@ class ReportBuilder:
                 with self._lock:
                     self._documents[shape] = template
             return document
-        version = self.info["model_version"]
-        return template.document(
-            filled,
-            derived_uid(source.SOPInstanceUID, version, "sr"),
-            derived_uid(source.SOPInstanceUID, version, "sr-series"),
-        )
+        return template.document(filled, *sr_uids(source, self.info["model_version"]))
 
     def _new_template(
         self, document: Dataset, source: Dataset
