@@ -174,6 +174,7 @@ def node_config(ckpt: Path, state: Path, **over: object) -> dict:
         "workers": 1,
         "cams": True,
         "cam_method": "gradcam",
+        "keep_freed_memory": True,
         "http_port": free_port(),
         "tls": {},
     }

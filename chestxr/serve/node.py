@@ -14,6 +14,7 @@ from chestxr.serve.sender import Destination, Sender
 from chestxr.serve.spool import Spool
 from chestxr.serve.stow import StowClient
 from chestxr.serve.worker import Scorer, Worker
+from chestxr.utils.allocator import keep_freed_memory
 
 log = logging.getLogger(__name__)
 # highdicom logs the source UIDs it copies at INFO: no identifiers in our logs
@@ -53,6 +54,8 @@ class Node:
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+        if cfg["keep_freed_memory"]:  # the model runs in a worker thread: see keep_freed_memory
+            keep_freed_memory()
         state = Path(cfg["state_dir"]).expanduser()
         self.spool = Spool(state / "spool")
         self.outbox = state / "results" / "outbox"
