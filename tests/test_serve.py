@@ -20,7 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from chestxr.models.module import ChestXRClassifier
 from chestxr.serve.metrics import Metrics
 from chestxr.serve.sender import COMPREHENSIVE_3D_SR, RESULT_SOP_CLASSES
-from chestxr.serve.spool import Spool, spool_key
+from chestxr.serve.spool import Item, Spool, spool_key
 from tests.helpers.checkpoints import save_classifier
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -118,6 +118,34 @@ def test_spool_recover_drops_pending_whose_outcome_is_recorded(tmp_path: Path) -
     (tmp_path / "done" / f"{item.key}.json").write_text('{"ok": 1}')
     assert Spool(tmp_path).recover() == 0
     assert not item.path.exists()
+
+
+def test_spool_claims_a_backlog_oldest_first_without_reading_the_folder_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    uids = [f"1.2.{i}" for i in range(30)]
+    for uid in uids:
+        assert spool.put(uid, uid.encode())
+    scans = []
+    real = Spool.pending
+    monkeypatch.setattr(Spool, "pending", lambda self: scans.append(1) or real(self))
+    first = spool.claim(8)
+    assert [i.path.read_bytes().decode() for i in first] == uids[:8]  # oldest first
+    spool.release(first[0])  # given back unfinished: first in line again
+    second = spool.claim(8)
+    assert [i.key for i in second] == [first[0].key] + [spool_key(u) for u in uids[8:15]]
+    # one taken away by hand, one finished without a claim: neither is handed out
+    spool._path("pending", spool_key(uids[15])).unlink()
+    unclaimed = Item(spool_key(uids[16]), spool._path("pending", spool_key(uids[16])), 0)
+    spool.finish(unclaimed, {"reason": "x"}, ok=False)
+    rest = [i.key for i in spool.claim(100)]
+    assert rest == [spool_key(u) for u in uids[17:]]
+    assert scans == []  # a batch costs the same with a large backlog: pending/ not read for it
+    # with nothing queued, a file put into pending/ by hand is found
+    (tmp_path / "pending" / f"{spool_key('7.7')}.dcm").write_bytes(b"by hand")
+    assert [i.key for i in spool.claim(8)] == [spool_key("7.7")]
+    assert scans == [1]
 
 
 def test_spool_refuses_an_instance_without_uid(tmp_path: Path) -> None:

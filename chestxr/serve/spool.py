@@ -9,11 +9,16 @@ Layout under the spool folder::
 ``key`` is a SHA-256 of the SOP Instance UID, so a second send of the same instance is recognised
 (and makes no second result) whatever state the first one is in, and no UID appears in file names.
 A restart finds whatever is still in ``pending/`` and scores it.
+
+The spool keeps its own queue of the pending instances it knows of, so taking the next batch
+costs the same with ten thousand waiting (a PACS outage's backlog) as with ten; ``pending/`` is
+read again only when that queue is empty (at start, and to find files put there by hand).
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -55,6 +60,10 @@ class Spool:
             (self.root / state).mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._claimed: set[str] = set()
+        # pending and unclaimed, oldest first: a heap of (received_ns, key, item), and the keys
+        # in it (an entry whose key is no longer there is stale and skipped)
+        self._heap: list[tuple[int, str, Item]] = []
+        self._queued: set[str] = set()
         self.recover()
 
     def _path(self, state: str, key: str) -> Path:
@@ -84,10 +93,17 @@ class Spool:
             if self.state(key) is not None:
                 return False
             try:
-                atomic_write_bytes(self._path("pending", key), data)
+                path = atomic_write_bytes(self._path("pending", key), data)
             except FileExistsError:
                 return False
+            self._queue(Item(key, path, path.stat().st_mtime_ns))
         return True
+
+    def _queue(self, item: Item) -> None:
+        """Queue ``item`` for :meth:`claim` (under the lock)."""
+        if item.key not in self._queued and item.key not in self._claimed:
+            self._queued.add(item.key)
+            heapq.heappush(self._heap, (item.received_ns, item.key, item))
 
     def pending(self) -> list[Item]:
         """Every pending instance, oldest first."""
@@ -102,14 +118,25 @@ class Spool:
     def claim(self, n: int) -> list[Item]:
         """Up to ``n`` pending instances that no other worker holds; release with :meth:`finish`."""
         with self._lock:
-            items = [i for i in self.pending() if i.key not in self._claimed][:n]
+            if not self._queued:  # nothing known: look in pending/ (start, files put by hand)
+                for item in self.pending():
+                    self._queue(item)
+            items: list[Item] = []
+            while self._heap and len(items) < n:
+                _, key, item = heapq.heappop(self._heap)
+                if key in self._queued:
+                    self._queued.discard(key)
+                    if item.path.exists():  # not taken away by hand meanwhile
+                        items.append(item)
             self._claimed.update(i.key for i in items)
         return items
 
     def release(self, item: Item) -> None:
-        """Give a claimed instance back unfinished (it stays pending)."""
+        """Give a claimed instance back unfinished (it stays pending, in its place in line)."""
         with self._lock:
             self._claimed.discard(item.key)
+            if item.path.exists():
+                self._queue(item)
 
     def finish(self, item: Item, record: dict[str, Any], *, ok: bool) -> Path:
         """Record the outcome (``done`` or ``failed``) atomically, then drop the pending file."""
@@ -119,6 +146,7 @@ class Spool:
         with self._lock:
             item.path.unlink(missing_ok=True)
             self._claimed.discard(item.key)
+            self._queued.discard(item.key)
         return out
 
     def record(self, key: str) -> dict[str, Any] | None:
@@ -146,7 +174,12 @@ class Spool:
         for item in self.pending():
             if self._path("done", item.key).exists() or self._path("failed", item.key).exists():
                 item.path.unlink(missing_ok=True)
-        left = len(self.pending())
+        with self._lock:
+            self._heap.clear()
+            self._queued.clear()
+            for item in self.pending():
+                self._queue(item)
+            left = len(self._queued) + len(self._claimed)
         if left:
             log.info("spool %s: %d instances pending from an earlier run", self.root, left)
         return left
