@@ -534,3 +534,71 @@ def test_without_highdicoms_tables_every_document_is_highdicoms(tmp_path, monkey
         fast = canonical(builder.build(src, result))
         assert differences(fast, canonical(results.build_sr(src, result, builder.info))) == []
     assert builder._documents == {}
+
+
+def iso_2022_and_utf8_sources(tmp: Path) -> list[Dataset]:
+    """Sources in character sets other than the default: ISO 2022 code extensions and UTF-8."""
+    made = [
+        ("j", ["ISO 2022 IR 6", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎"),
+        ("k", ["ISO 2022 IR 6", "ISO 2022 IR 87"], "Sato^Hanako=佐藤^花子"),
+        ("u", "ISO_IR 192", "Dvořák^Ž"),
+        ("v", "ISO_IR 192", "Smetana^Bedřich"),
+    ]
+    return [
+        pydicom.dcmread(
+            make_radiograph(
+                tmp / f"{tag}.dcm", seed=i, SpecificCharacterSet=charset, PatientName=name
+            ),
+            stop_before_pixels=True,
+        )
+        for i, (tag, charset, name) in enumerate(made)
+    ]
+
+
+def test_encoded_srs_are_the_built_srs_as_pydicom_writes_them(tmp_path):
+    """The SR files put together from the templates' bytes are, byte for byte, pydicom's
+    writing of the same SR; and read back they are highdicom's, for every source shape and
+    character set (each shape's first SR from highdicom, the later ones from the bytes)."""
+    names = ["opacity", "effusion"]
+    info = {**BINARY, "outputs": names}
+    builder = results.ReportBuilder(info)
+    srcs = sources(tmp_path) + iso_2022_and_utf8_sources(tmp_path)
+    for probs in ([0.9, 0.1], [0.2, 0.7]):
+        for src in srcs:
+            result = outputs(names, probs, [0.5, 0.4])
+            written = pydicom.dcmread(io.BytesIO(builder.encode(src, result)))
+            slow = canonical(results.build_sr(src, result, info))
+            assert differences(canonical(written), slow) == [], (src.PatientName, probs)
+            made = builder._from_templates(src, result)
+            if made is not None:  # the same per-instance values written both ways
+                document, variable, content, _ = made
+                pydicoms = results._file_bytes(results._spliced(document.around(variable), content))
+                assert document.encode(variable, content) == pydicoms
+    # every shape and layout checked its bytes on its first SR and went on with them
+    assert len(builder._encodings) == 5 and all(builder._encodings.values())
+
+
+def test_an_sr_byte_template_that_does_not_write_pydicoms_bytes_is_not_used(
+    tmp_path, monkeypatch, caplog
+):
+    """Bytes that differ from pydicom's writing of the SR (here: one byte) are not served: that
+    shape's SRs are written by pydicom, with a warning."""
+    info = {**BINARY, "outputs": ["opacity"]}
+    builder = results.ReportBuilder(info)
+    encode = results.sr_document.DocumentTemplate.encode
+
+    def off_by_a_byte(self, variable, content):
+        data = bytearray(encode(self, variable, content))
+        data[-1] ^= 1
+        return bytes(data)
+
+    monkeypatch.setattr(results.sr_document.DocumentTemplate, "encode", off_by_a_byte)
+    a, _, _, plain2, _ = sources(tmp_path)
+    builder.build(a, outputs(["opacity"], [0.2], [0.5]))  # the templates of plain sources
+    for p in (0.8, 0.3):
+        result = outputs(["opacity"], [p], [0.5])
+        written = pydicom.dcmread(io.BytesIO(builder.encode(plain2, result)))
+        slow = canonical(results.build_sr(plain2, result, info))
+        assert differences(canonical(written), slow) == []
+    assert list(builder._encodings.values()) == [False]
+    assert "byte template does not write what pydicom writes" in caplog.text

@@ -31,10 +31,12 @@ from typing import Any
 
 import highdicom as hd
 from highdicom.enum import PatientSexValues
-from pydicom.charset import convert_encodings
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.valuerep import DA, TM, PersonName
 
 from chestxr.serve.sr_template import ContentTemplate, _encoded
@@ -158,6 +160,9 @@ class DocumentTemplate:
         ]
         # the values, not the elements: ``document`` goes on to be an SR of its own
         self.meta = [(elem.tag, elem.VR, elem.value) for elem in document.file_meta]
+        # what pydicom's dcmwrite encodes the text with, and each fixed element as it writes it
+        self._charset = charset if charset is not None else default_encoding
+        self._written = {elem.tag: _written(elem) for elem in self.fixed}
         self._check(source, build, set(content_tags))
 
     def _check(
@@ -184,16 +189,17 @@ class DocumentTemplate:
         Raises:
             ValueError: a source value highdicom refuses (its patient sex, a date or time).
         """
+        return self.around(self.variable(source, sop_instance_uid, series_instance_uid))
+
+    def variable(self, source: Dataset, sop_instance_uid: str, series_instance_uid: str) -> Dataset:
+        """The elements of ``source``'s document that are not this template's fixed ones.
+
+        Raises:
+            ValueError: a source value highdicom refuses (its patient sex, a date or time).
+        """
         now = datetime.datetime.now()
         sex = source.PatientSex
         sr = Dataset()
-        sr.preamble = b"\x00" * 128
-        sr.file_meta = FileMetaDataset()  # elements of its own: another SR's are not touched
-        for tag, vr, value in self.meta:
-            sr.file_meta.add_new(tag, vr, value)
-        sr.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
-        for elem in self.fixed:
-            sr[elem.tag] = elem
         # as highdicom's constructor sets them (and checks them: a bad value raises there)
         sr.PatientID = source.PatientID
         sr.PatientName = source.PatientName
@@ -222,6 +228,44 @@ class DocumentTemplate:
         sr.ContributingEquipmentSequence = equipment
         return sr
 
+    def around(self, variable: Dataset) -> Dataset:
+        """The whole document: the fixed elements, ``variable``'s and the file meta."""
+        sr = Dataset()
+        sr.preamble = b"\x00" * 128
+        sr.file_meta = FileMetaDataset()  # elements of its own: another SR's are not touched
+        for tag, vr, value in self.meta:
+            sr.file_meta.add_new(tag, vr, value)
+        sr.file_meta.MediaStorageSOPInstanceUID = variable.SOPInstanceUID
+        for elem in self.fixed:
+            sr[elem.tag] = elem
+        for elem in variable:
+            sr.add(elem)
+        return sr
+
+    def encode(self, variable: Dataset, content: dict[int, Any]) -> bytes:
+        """The SR file of ``around(variable)`` with the root ``content`` elements in, as
+        pydicom's ``dcmwrite`` writes it (Explicit VR Little Endian, the file meta enforced):
+        the fixed elements' bytes written once at the template's making, the others encoded
+        by pydicom's element writer. The caller checks it against ``dcmwrite`` (see
+        :meth:`chestxr.serve.results.ReportBuilder.encode`).
+        """
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        fp.write(b"\x00" * 128 + b"DICM")
+        meta = FileMetaDataset()
+        for tag, vr, value in self.meta:
+            meta.add_new(tag, vr, value)
+        meta.MediaStorageSOPInstanceUID = variable.SOPInstanceUID
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        elements = {elem.tag: elem for elem in variable}
+        elements.update(content)
+        for tag in sorted(self._written.keys() | elements.keys()):
+            if tag in elements:
+                write_data_element(fp, elements[tag], self._charset)
+            else:
+                fp.write(self._written[tag])
+        return fp.getvalue()
+
     def _evidence(self, source: Dataset) -> Dataset:
         """The Current Requested Procedure Evidence item referencing ``source``."""
         sop = Dataset()
@@ -234,6 +278,14 @@ class DocumentTemplate:
         study.ReferencedSeriesSequence = [series]
         study.StudyInstanceUID = source.StudyInstanceUID
         return study
+
+
+def _written(elem: Any) -> bytes:
+    """An element as pydicom's element writer writes it (Explicit VR Little Endian)."""
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_data_element(fp, elem)
+    return fp.getvalue()
 
 
 def _changed(elem: Any) -> Any:
