@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -146,6 +147,57 @@ def test_spool_claims_a_backlog_oldest_first_without_reading_the_folder_per_batc
     (tmp_path / "pending" / f"{spool_key('7.7')}.dcm").write_bytes(b"by hand")
     assert [i.key for i in spool.claim(8)] == [spool_key("7.7")]
     assert scans == [1]
+
+
+def test_spool_hands_each_instance_to_one_worker_while_others_put(tmp_path: Path) -> None:
+    """Threads putting, claiming, releasing and finishing at once: every instance is held by
+    one claimer at a time and ends done exactly once."""
+    spool = Spool(tmp_path)
+    n = 400
+    held: set[str] = set()
+    done: list[str] = []
+    lock = threading.Lock()
+    errors: list[str] = []
+    released: set[str] = set()
+
+    def putter(start: int) -> None:
+        for i in range(start, n, 2):
+            spool.put(f"1.2.{i}", b"x")
+
+    def worker() -> None:
+        idle = 0
+        while idle < 50:
+            items = spool.claim(4)
+            if not items:
+                idle += 1
+                time.sleep(0.002)
+                continue
+            idle = 0
+            with lock:
+                for item in items:
+                    if item.key in held:
+                        errors.append(f"{item.key} held twice")
+                    held.add(item.key)
+            for k, item in enumerate(items):
+                with lock:
+                    held.discard(item.key)
+                if k == 0 and item.key not in released:
+                    released.add(item.key)
+                    spool.release(item)  # given back once: claimed again later
+                else:
+                    spool.finish(item, {"ok": 1}, ok=True)
+                    with lock:
+                        done.append(item.key)
+
+    threads = [threading.Thread(target=putter, args=(s,)) for s in (0, 1)]
+    threads += [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(done) == sorted(spool_key(f"1.2.{i}") for i in range(n))  # each once
+    assert spool.counts() == {"pending": 0, "done": n, "failed": 0}
 
 
 def test_spool_refuses_an_instance_without_uid(tmp_path: Path) -> None:

@@ -592,13 +592,51 @@ def test_an_sr_byte_template_that_does_not_write_pydicoms_bytes_is_not_used(
         data[-1] ^= 1
         return bytes(data)
 
-    monkeypatch.setattr(results.sr_document.DocumentTemplate, "encode", off_by_a_byte)
+    calls = []
+
+    def counted(self, variable, content):
+        calls.append(1)
+        return off_by_a_byte(self, variable, content)
+
+    monkeypatch.setattr(results.sr_document.DocumentTemplate, "encode", counted)
     a, _, _, plain2, _ = sources(tmp_path)
     builder.build(a, outputs(["opacity"], [0.2], [0.5]))  # the templates of plain sources
-    for p in (0.8, 0.3):
+    for p in (0.8, 0.3, 0.6):
         result = outputs(["opacity"], [p], [0.5])
         written = pydicom.dcmread(io.BytesIO(builder.encode(plain2, result)))
         slow = canonical(results.build_sr(plain2, result, info))
         assert differences(canonical(written), slow) == []
     assert list(builder._encodings.values()) == [False]
+    assert len(calls) == 1  # the check; never again for this shape and layout
     assert "byte template does not write what pydicom writes" in caplog.text
+
+
+def test_an_sr_byte_template_that_fails_leaves_pydicoms_writing(tmp_path, monkeypatch, caplog):
+    """An error in the bytes path, at its check or later, costs the instance nothing: its SR is
+    written by pydicom (a failure record would lose a result that can be made)."""
+    info = {**BINARY, "outputs": ["opacity"]}
+    builder = results.ReportBuilder(info)
+    a, _, _, plain2, _ = sources(tmp_path)
+    builder.build(a, outputs(["opacity"], [0.2], [0.5]))
+    builder.encode(plain2, outputs(["opacity"], [0.7], [0.5]))  # the document template
+    broken = {"now": False}
+    encode = results.sr_document.DocumentTemplate.encode
+
+    def sometimes(self, variable, content):
+        if broken["now"]:
+            raise ValueError("no file meta")
+        return encode(self, variable, content)
+
+    monkeypatch.setattr(results.sr_document.DocumentTemplate, "encode", sometimes)
+    for fail_at_check in (False, True):
+        builder._encodings.clear()
+        broken["now"] = fail_at_check
+        builder.encode(plain2, outputs(["opacity"], [0.4], [0.5]))  # the check
+        broken["now"] = True
+        for p in (0.8, 0.3):
+            result = outputs(["opacity"], [p], [0.5])
+            written = pydicom.dcmread(io.BytesIO(builder.encode(plain2, result)))
+            slow = canonical(results.build_sr(plain2, result, info))
+            assert differences(canonical(written), slow) == []
+        assert list(builder._encodings.values()) == [not fail_at_check]
+    assert "the SR byte template failed (ValueError: no file meta)" in caplog.text

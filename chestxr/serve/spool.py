@@ -11,14 +11,17 @@ Layout under the spool folder::
 A restart finds whatever is still in ``pending/`` and scores it.
 
 The spool keeps its own queue of the pending instances it knows of, so taking the next batch
-costs the same with ten thousand waiting (a PACS outage's backlog) as with ten; ``pending/`` is
-read again only when that queue is empty (at start, and to find files put there by hand).
+costs the same with ten thousand waiting (instances sent faster than they are scored: a night's
+studies forwarded at once, a restart after the node was down) as with ten; ``pending/`` is read
+again only when that queue is empty (at start, and to find files put there by hand or by
+another process).
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import logging
 import os
@@ -60,9 +63,11 @@ class Spool:
             (self.root / state).mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._claimed: set[str] = set()
-        # pending and unclaimed, oldest first: a heap of (received_ns, key, item), and the keys
-        # in it (an entry whose key is no longer there is stale and skipped)
-        self._heap: list[tuple[int, str, Item]] = []
+        # pending and unclaimed, oldest first: a heap of (received_ns, order queued, key, item)
+        # (file times can tie: the order queued breaks it), and the keys in it (an entry whose
+        # key is no longer there is stale and skipped)
+        self._heap: list[tuple[int, int, str, Item]] = []
+        self._order = itertools.count()
         self._queued: set[str] = set()
         self.recover()
 
@@ -103,7 +108,7 @@ class Spool:
         """Queue ``item`` for :meth:`claim` (under the lock)."""
         if item.key not in self._queued and item.key not in self._claimed:
             self._queued.add(item.key)
-            heapq.heappush(self._heap, (item.received_ns, item.key, item))
+            heapq.heappush(self._heap, (item.received_ns, next(self._order), item.key, item))
 
     def pending(self) -> list[Item]:
         """Every pending instance, oldest first."""
@@ -123,7 +128,7 @@ class Spool:
                     self._queue(item)
             items: list[Item] = []
             while self._heap and len(items) < n:
-                _, key, item = heapq.heappop(self._heap)
+                _, _, key, item = heapq.heappop(self._heap)
                 if key in self._queued:
                     self._queued.discard(key)
                     if item.path.exists():  # not taken away by hand meanwhile

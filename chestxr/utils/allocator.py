@@ -21,9 +21,11 @@ def keep_freed_memory() -> bool:
     it is empty. A model run from such a thread (the node's worker) gets its activations from
     fresh pages in every batch: measured here, ~5,900 minor page faults per batch of 8 images at
     224 px, 1.3-1.8 ms of kernel time per image (~5% of the forward pass), where the same forward
-    in the main thread makes none. With these settings the freed blocks are reused (the cost: up
-    to ~200 MB of freed memory the process keeps). The settings are process-wide, and setting one
-    turns off glibc's adaptive thresholds, so all three are set.
+    in the main thread makes none. With these settings the freed blocks are reused. The cost:
+    each thread's arena keeps its high-water mark instead of handing memory back (for the node:
+    its peak batch's activations in the model's thread, the largest received instances in the
+    receiving threads), and blocks up to 32 MB come from the arenas. The settings are
+    process-wide, and setting one turns off glibc's adaptive thresholds, so all three are set.
 
     Returns:
         True when set; False where the C library has no ``mallopt`` (not glibc) or refused one.
