@@ -91,6 +91,25 @@ def sources(tmp: Path) -> list[Dataset]:
     return [*out, dx, *later]
 
 
+def iso_2022_and_utf8_sources(tmp: Path) -> list[Dataset]:
+    """Sources in character sets other than the default: ISO 2022 code extensions and UTF-8."""
+    made = [
+        ("j", ["ISO 2022 IR 6", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎"),
+        ("k", ["ISO 2022 IR 6", "ISO 2022 IR 87"], "Sato^Hanako=佐藤^花子"),
+        ("u", "ISO_IR 192", "Dvořák^Ž"),
+        ("v", "ISO_IR 192", "Smetana^Bedřich"),
+    ]
+    return [
+        pydicom.dcmread(
+            make_radiograph(
+                tmp / f"{tag}.dcm", seed=i, SpecificCharacterSet=charset, PatientName=name
+            ),
+            stop_before_pixels=True,
+        )
+        for i, (tag, charset, name) in enumerate(made)
+    ]
+
+
 def canonical(ds: Dataset) -> Dataset:
     """The SR as a PACS receives it (written and read back), with the build times blanked."""
     buffer = io.BytesIO()
@@ -334,18 +353,7 @@ def test_fast_sr_of_an_iso_2022_study_equals_highdicoms(tmp_path):
     document template too (the builder failed on the unhashable value before)."""
     info = {**BINARY, "outputs": ["opacity"]}
     builder = results.ReportBuilder(info)
-    scans = [
-        pydicom.dcmread(
-            make_radiograph(
-                tmp_path / f"j{i}.dcm",
-                seed=i,
-                SpecificCharacterSet=["ISO 2022 IR 6", "ISO 2022 IR 87"],
-                PatientName=name,
-            ),
-            stop_before_pixels=True,
-        )
-        for i, name in enumerate(["Yamada^Tarou=山田^太郎", "Sato^Hanako=佐藤^花子"])
-    ]
+    scans = iso_2022_and_utf8_sources(tmp_path)[:2]  # Yamada, Sato: ISO 2022 IR 6/87
     for src, p in ((scans[0], 0.8), (scans[1], 0.3), (scans[0], 0.6), (scans[1], 0.1)):
         result = outputs(["opacity"], [p], [0.5])
         fast = canonical(builder.build(src, result))
@@ -534,25 +542,6 @@ def test_without_highdicoms_tables_every_document_is_highdicoms(tmp_path, monkey
         fast = canonical(builder.build(src, result))
         assert differences(fast, canonical(results.build_sr(src, result, builder.info))) == []
     assert builder._documents == {}
-
-
-def iso_2022_and_utf8_sources(tmp: Path) -> list[Dataset]:
-    """Sources in character sets other than the default: ISO 2022 code extensions and UTF-8."""
-    made = [
-        ("j", ["ISO 2022 IR 6", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎"),
-        ("k", ["ISO 2022 IR 6", "ISO 2022 IR 87"], "Sato^Hanako=佐藤^花子"),
-        ("u", "ISO_IR 192", "Dvořák^Ž"),
-        ("v", "ISO_IR 192", "Smetana^Bedřich"),
-    ]
-    return [
-        pydicom.dcmread(
-            make_radiograph(
-                tmp / f"{tag}.dcm", seed=i, SpecificCharacterSet=charset, PatientName=name
-            ),
-            stop_before_pixels=True,
-        )
-        for i, (tag, charset, name) in enumerate(made)
-    ]
 
 
 def test_encoded_srs_are_the_built_srs_as_pydicom_writes_them(tmp_path):
