@@ -642,6 +642,29 @@ def test_results_go_over_several_associations_at_once_each_file_once(
     assert len(list((tmp_path / "results/sent").glob("*.dcm"))) == 9
 
 
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_pynetdicom_logs_each_message_only_at_debug(
+    ckpt: Path, tmp_path: Path, caplog, level: str
+) -> None:
+    """pynetdicom's per-message lines (and their formatting for every PDU) only when its logger
+    is at DEBUG; the association itself is logged either way."""
+    from chestxr.serve.node import Node
+
+    caplog.set_level(level, logger="pynetdicom")
+    src = make_radiograph(tmp_path / "g.dcm", seed=1)
+    cfg = node_config(ckpt, tmp_path / "state", http_port=None, cams=False)
+    node = Node(cfg).start()
+    try:
+        assert c_store(cfg["port"], [src]) == [0]
+    finally:
+        node.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("pynetdicom")]
+    assert "Association Accepted" in lines
+    assert ("Received Store Request" in lines) == (level == "DEBUG")
+    uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+    assert any(uid in line for line in lines) == (level == "DEBUG")
+
+
 def _results(ckpt: Path, tmp_path: Path, outbox: Path, seeds: range) -> None:
     """Write an SR per seed into ``outbox`` (as the worker does)."""
     from chestxr.serve import results
@@ -667,11 +690,22 @@ def test_an_association_carries_bursts_of_results_and_is_released_when_idle(
 ) -> None:
     """Results come in bursts (a batch of 8 at a time): a burst of 8 opens two lanes (one
     association per 4 files waiting), the next burst goes over the same associations, and
-    each is released once nothing has come for ``idle_s``. (The sender that split each round
-    over every allowed association opened 10 for these 16 results.)"""
+    each is released once nothing has come for ``idle_s``; while its lane waits, its reader
+    polls every 50 ms, not 5. (The sender that split each round over every allowed association
+    opened 10 for these 16 results.)"""
     import threading
 
-    from chestxr.serve.sender import Destination, Sender
+    from pynetdicom.association import Association
+
+    from chestxr.serve.sender import DUL_IDLE_POLL_S, DUL_WAITING_POLL_S, Destination, Sender
+
+    def polls() -> list[float]:
+        """The reader's poll of each association the sender holds open."""
+        return [
+            t.dul._run_loop_delay
+            for t in threading.enumerate()
+            if isinstance(t, Association) and t.is_requestor and t.is_established
+        ]
 
     pacs = FakePacs(free_port()).start()
     outbox, made = tmp_path / "results/outbox", tmp_path / "made"
@@ -684,6 +718,8 @@ def test_an_association_carries_bursts_of_results_and_is_released_when_idle(
     try:
         _burst(sorted(made.iterdir())[:8], outbox)
         wait_for(lambda: sender.metrics.counts()["sent"] == 8, timeout=30)
+        wait_for(lambda: polls() and set(polls()) == {DUL_WAITING_POLL_S}, timeout=10)
+        assert DUL_WAITING_POLL_S == 10 * DUL_IDLE_POLL_S
         _burst(sorted(made.iterdir()), outbox)
         wait_for(lambda: sender.metrics.counts()["sent"] == 16, timeout=30)
         assert 1 <= len(pacs.associations) <= 2

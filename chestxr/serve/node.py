@@ -56,6 +56,7 @@ class Node:
         self.cfg = cfg
         if cfg["keep_freed_memory"]:  # the model runs in a worker thread: see keep_freed_memory
             keep_freed_memory()
+        scp.log_each_message()  # before any association, in or out
         state = Path(cfg["state_dir"]).expanduser()
         self.spool = Spool(state / "spool")
         self.outbox = state / "results" / "outbox"
