@@ -697,7 +697,7 @@ def test_an_association_carries_bursts_of_results_and_is_released_when_idle(
 
     from pynetdicom.association import Association
 
-    from chestxr.serve.sender import DUL_IDLE_POLL_S, DUL_WAITING_POLL_S, Destination, Sender
+    from chestxr.serve.sender import DUL_WAITING_POLL_S, Destination, Sender
 
     def polls() -> list[float]:
         """The reader's poll of each association the sender holds open."""
@@ -719,7 +719,6 @@ def test_an_association_carries_bursts_of_results_and_is_released_when_idle(
         _burst(sorted(made.iterdir())[:8], outbox)
         wait_for(lambda: sender.metrics.counts()["sent"] == 8, timeout=30)
         wait_for(lambda: polls() and set(polls()) == {DUL_WAITING_POLL_S}, timeout=10)
-        assert DUL_WAITING_POLL_S == 10 * DUL_IDLE_POLL_S
         _burst(sorted(made.iterdir()), outbox)
         wait_for(lambda: sender.metrics.counts()["sent"] == 16, timeout=30)
         assert 1 <= len(pacs.associations) <= 2
