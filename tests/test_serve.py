@@ -205,6 +205,59 @@ def test_spool_refuses_an_instance_without_uid(tmp_path: Path) -> None:
         Spool(tmp_path).put("  ", b"x")
 
 
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_received_file_is_pynetdicoms_encoded_dataset(tmp_path: Path, syntax: str) -> None:
+    """The spooled file is, byte for byte, what pynetdicom's ``encoded_dataset()`` gives for
+    the same C-STORE (its file meta written by chestxr's own encoder), and reads back as the
+    instance sent."""
+    from pynetdicom import AE
+
+    from chestxr.serve import scp
+
+    got: list[tuple[bytes, bytes]] = []
+
+    def handle(event) -> int:
+        got.append((scp.received_file(event), event.encoded_dataset()))
+        return 0x0000
+
+    port = free_port()
+    server = scp.start_scp(scp.make_ae("CHESTXR", ["MODALITY"]), "127.0.0.1", port, handle)
+    sources = [make_radiograph(tmp_path / f"s{i}.dcm", seed=i) for i in range(3)]
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CR, syntax)
+        assoc = ae.associate("127.0.0.1", port, ae_title="CHESTXR")
+        assert assoc.is_established
+        try:
+            for src in sources:
+                assert assoc.send_c_store(pydicom.dcmread(src)).Status == 0
+        finally:
+            assoc.release()
+    finally:
+        server.shutdown()
+    assert len(got) == 3
+    for (ours, theirs), src in zip(got, sources, strict=True):
+        assert ours == theirs
+        back = pydicom.dcmread(pydicom.filebase.DicomBytesIO(ours))
+        assert back.file_meta.TransferSyntaxUID == syntax
+        assert back.SOPInstanceUID == pydicom.dcmread(src).SOPInstanceUID
+
+
+def test_a_received_file_the_encoder_cannot_write_is_pynetdicoms() -> None:
+    """A request the direct encoder refuses (no SOP Class UID here) is written by pynetdicom."""
+    from types import SimpleNamespace
+
+    from chestxr.serve import scp
+
+    request = SimpleNamespace(AffectedSOPClassUID=None, AffectedSOPInstanceUID="1.2.3")
+    event = SimpleNamespace(
+        request=request,
+        context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian),
+        encoded_dataset=lambda: b"pynetdicom's",
+    )
+    assert scp.received_file(event) == b"pynetdicom's"
+
+
 def test_metrics_percentiles_and_unknown_counter() -> None:
     m = Metrics()
     assert m.snapshot()["latency_scored_p50_s"] is None

@@ -9,9 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    _config,
+    evt,
+)
 from pynetdicom.sop_class import Verification
 
+from chestxr.serve import file_meta
 from chestxr.serve.admission import RADIOGRAPH_SOP_CLASSES
 from chestxr.serve.metrics import Metrics
 from chestxr.serve.sender import tune
@@ -33,7 +41,7 @@ def make_store_handler(
         if not uid:
             return CANNOT_UNDERSTAND
         try:
-            stored = spool.put(uid, event.encoded_dataset())
+            stored = spool.put(uid, received_file(event))
         except (OSError, ValueError) as err:
             log.error("could not spool %s: %s", anonymous_id(uid, prefix="scan"), err)
             return OUT_OF_RESOURCES
@@ -45,6 +53,28 @@ def make_store_handler(
         return SUCCESS
 
     return handle
+
+
+def received_file(event: Any) -> bytes:
+    """A C-STORE request's data set as a DICOM file: pynetdicom's ``event.encoded_dataset()``
+    byte for byte (the data set as sent, behind the file meta pynetdicom makes for it), with the
+    file meta encoded directly (:mod:`chestxr.serve.file_meta`: ~0.2 ms less per instance).
+    What that cannot encode (a UID outside ASCII, say) goes through pynetdicom's own."""
+    request = event.request
+    try:
+        header = file_meta.file_header(
+            [
+                (file_meta.VERSION, "OB", b"\x00\x01"),
+                (file_meta.SOP_CLASS, "UI", str(request.AffectedSOPClassUID or "")),
+                (file_meta.SOP_INSTANCE, "UI", str(request.AffectedSOPInstanceUID or "")),
+                (file_meta.TRANSFER_SYNTAX, "UI", str(event.context.transfer_syntax)),
+                (file_meta.IMPLEMENTATION_CLASS, "UI", PYNETDICOM_IMPLEMENTATION_UID),
+                (file_meta.IMPLEMENTATION_VERSION, "SH", PYNETDICOM_IMPLEMENTATION_VERSION),
+            ]
+        )
+    except ValueError:
+        return event.encoded_dataset()
+    return header + request.DataSet.getvalue()
 
 
 MAX_PDU_BYTES = 4 * 1024 * 1024  # the largest PDU we accept (declared at association)

@@ -36,9 +36,10 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_file_meta_info
-from pydicom.valuerep import DA, TM, PersonName
+from pydicom.filewriter import write_data_element
+from pydicom.valuerep import DA, DT, TM, PersonName
 
+from chestxr.serve import file_meta
 from chestxr.serve.sr_template import ContentTemplate, _encoded
 
 try:
@@ -151,6 +152,12 @@ class DocumentTemplate:
     ) -> None:
         charset = document.get("SpecificCharacterSet")
         encodings = convert_encodings(charset or [])
+        # highdicom's own Contributing Equipment item: the same for every SR but for its time
+        self._for_highdicom = [
+            elem
+            for elem in hd.ContributingEquipment.for_highdicom()
+            if elem.keyword != "ContributionDateTime"
+        ]
         per_instance = {tag_for_keyword(k) for k in _PER_DOCUMENT}
         per_instance |= set(copied_tags(str(source.SOPClassUID))) | set(content_tags)
         self.fixed: list[RawDataElement] = [
@@ -224,9 +231,18 @@ class DocumentTemplate:
         equipment = []
         with contextlib.suppress(Exception):  # highdicom leaves it out too (no manufacturer...)
             equipment.append(hd.ContributingEquipment.for_image_acquisition(source))
-        equipment.append(hd.ContributingEquipment.for_highdicom())
+        equipment.append(self._highdicom_equipment(now))
         sr.ContributingEquipmentSequence = equipment
         return sr
+
+    def _highdicom_equipment(self, now: datetime.datetime) -> Dataset:
+        """``hd.ContributingEquipment.for_highdicom()`` as of ``now``: its other elements made
+        once (~0.3 ms less per SR), shared by every SR (written, never changed)."""
+        item = Dataset()
+        for elem in self._for_highdicom:
+            item.add(elem)
+        item.ContributionDateTime = DT(now)
+        return item
 
     def around(self, variable: Dataset) -> Dataset:
         """The whole document: the fixed elements, ``variable``'s and the file meta."""
@@ -251,12 +267,8 @@ class DocumentTemplate:
         """
         fp = DicomBytesIO()
         fp.is_little_endian, fp.is_implicit_VR = True, False
-        fp.write(b"\x00" * 128 + b"DICM")
-        meta = FileMetaDataset()
-        for tag, vr, value in self.meta:
-            meta.add_new(tag, vr, value)
-        meta.MediaStorageSOPInstanceUID = variable.SOPInstanceUID
-        write_file_meta_info(fp, meta, enforce_standard=True)
+        instance = (file_meta.SOP_INSTANCE, "UI", str(variable.SOPInstanceUID))
+        fp.write(file_meta.file_header([*self.meta, instance]))  # the last UID given counts
         elements = {elem.tag: elem for elem in variable}
         elements.update(content)
         for tag in sorted(self._written.keys() | elements.keys()):
