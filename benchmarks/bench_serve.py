@@ -155,15 +155,31 @@ def send(port: int, paths: list[Path], acked: dict[str, float], stop_after: Any 
             assoc.release()
 
 
-def send_all(port: int, files: list[Path], associations: int, acked: dict[str, float]) -> None:
-    threads = [
-        threading.Thread(target=send, args=(port, files[i::associations], acked))
-        for i in range(associations)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+def send_all(
+    port: int,
+    files: list[Path],
+    associations: int,
+    acked: dict[str, float] | None = None,
+    rounds: int = 3,
+) -> None:
+    """C-STORE ``files`` over ``associations`` at once; what was not acknowledged (an association
+    refused or dropped, an answer lost) is sent again, up to ``rounds`` times in all, as a
+    modality retries. (pynetdicom's requestor can lose an answer to its own reactor, a race in
+    pausing it: the request then times out after 30 s and the rest of that association's
+    files went unsent, which left a run waiting for them.)"""
+    acked = {} if acked is None else acked
+    for _ in range(rounds):
+        todo = [p for p in files if str(p) not in acked]
+        if not todo:
+            return
+        threads = [
+            threading.Thread(target=send, args=(port, todo[i::associations], acked))
+            for i in range(associations)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
 
 def _cpu_jiffies() -> tuple[int, int, int]:
@@ -351,7 +367,7 @@ def load_run(
         cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC", **SENDING}
     node = Node(cfg).start()
     try:
-        send_all(cfg["port"], warm, 1, {})  # warm-up of the whole path
+        send_all(cfg["port"], warm, 1)  # warm-up of the whole path
         settle(lambda: counted(node.metrics, "sent") >= len(warm), timeout=300)
         before = len(node.metrics.latencies("sent"))
         acked: dict[str, float] = {}
@@ -417,7 +433,7 @@ def kill_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int) -> dict:
     acked: dict[str, float] = {}
     warm, files = files[:BATCH], files[BATCH:]
     try:
-        send_all(cfg["port"], warm, 1, {})  # a warm node: results are flowing at the kill
+        send_all(cfg["port"], warm, 1)  # a warm node: results are flowing at the kill
         wait_for(lambda: stored(http) >= len(warm), timeout=300)
 
         def killer() -> None:
@@ -427,7 +443,7 @@ def kill_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int) -> dict:
 
         k = threading.Thread(target=killer)
         k.start()
-        send_all(cfg["port"], files, assoc, acked)
+        send_all(cfg["port"], files, assoc, acked, rounds=1)  # until the kill
         k.join()
         proc.wait(timeout=60)
         at_kill = len(acked)
@@ -477,14 +493,14 @@ def pacs_down_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int, down_s: 
     node = Node(cfg).start()
     try:
         half = len(files) // 2
-        sender = threading.Thread(target=send_all, args=(cfg["port"], files[:half], assoc, {}))
+        sender = threading.Thread(target=send_all, args=(cfg["port"], files[:half], assoc))
         sender.start()
         wait_for(lambda: stored(http) >= 1, timeout=300)
         orthanc.terminate()  # mid-stream: the first half is still being scored and sent
         orthanc.wait(timeout=60)
         stopped_with = node.metrics.snapshot()["sent"]
         sender.join()
-        send_all(cfg["port"], files[half:], assoc, {})  # the second half arrives while it is down
+        send_all(cfg["port"], files[half:], assoc)  # the second half arrives while it is down
         wait_for(lambda: node.spool.counts()["pending"] == 0, timeout=600)
         time.sleep(down_s)
         waiting = len(node.sender.waiting())
