@@ -603,6 +603,54 @@ def test_a_result_the_pacs_keeps_refusing_is_set_aside(ckpt: Path, tmp_path: Pat
     assert metrics.snapshot()["sent"] == 0
 
 
+def test_a_result_the_pacs_does_not_answer_in_time_is_sent_again_over_a_new_association(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    """A PACS that takes a C-STORE but answers only after the sender's timeout (or never: an
+    answer lost on the way does the same): the sender counts a send error, drops that
+    association and sends the file again over a new one, and the file ends in ``sent/`` (the
+    PACS has it twice: the same SOP Instance UID, which a PACS stores once)."""
+    import threading
+
+    from chestxr.serve.sender import Destination, Sender
+
+    class SlowOnce(FakePacs):
+        calls = 0
+
+        def _handle(self, event) -> int:
+            self.calls += 1
+            if self.calls == 1:  # the first request: answered too late
+                time.sleep(2.0)
+            return super()._handle(event)
+
+    pacs = SlowOnce(free_port()).start()
+    outbox = tmp_path / "results/outbox"
+    _results(ckpt, tmp_path, outbox, range(1))
+    metrics = Metrics()
+    sender = Sender(
+        outbox,
+        Destination("127.0.0.1", pacs.port, "PACS"),
+        metrics,
+        max_rejections=3,
+        backoff_s=0.2,
+        timeout_s=1.0,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: metrics.counts()["sent"] == 1, timeout=30)
+        wait_for(lambda: pacs.calls == 2 and len(pacs.stored) == 1, timeout=10)
+        wait_for(lambda: next(iter(pacs.stored.values()))[2] == 2, timeout=10)  # the late one
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        pacs.stop()
+    assert metrics.counts()["send_errors"] >= 1
+    assert len(pacs.associations) >= 2  # the first dropped after the timeout
+    assert not sender.waiting() and len(list((tmp_path / "results/sent").iterdir())) == 1
+
+
 def test_an_unreadable_result_is_set_aside_and_the_next_is_still_sent(
     ckpt: Path, tmp_path: Path, caplog
 ) -> None:
