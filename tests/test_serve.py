@@ -333,6 +333,14 @@ def c_store(
         assoc.release()
 
 
+def run_in_thread(sender) -> tuple:
+    """Start ``sender.run`` in a thread; returns (the event that stops it, the thread)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    thread.start()
+    return stop, thread
+
+
 def wait_for(cond, timeout: float = 60.0) -> None:
     end = time.monotonic() + timeout
     while not cond():
@@ -610,7 +618,6 @@ def test_a_result_the_pacs_does_not_answer_in_time_is_sent_again_over_a_new_asso
     answer lost on the way does the same): the sender counts a send error, drops that
     association and sends the file again over a new one, and the file ends in ``sent/`` (the
     PACS has it twice: the same SOP Instance UID, which a PACS stores once)."""
-    import threading
 
     from chestxr.serve.sender import Destination, Sender
 
@@ -635,9 +642,7 @@ def test_a_result_the_pacs_does_not_answer_in_time_is_sent_again_over_a_new_asso
         backoff_s=0.2,
         timeout_s=1.0,
     )
-    stop = threading.Event()
-    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
-    thread.start()
+    stop, thread = run_in_thread(sender)
     try:
         wait_for(lambda: metrics.counts()["sent"] == 1, timeout=30)
         wait_for(lambda: pacs.calls == 2 and len(pacs.stored) == 1, timeout=10)
@@ -655,7 +660,6 @@ def test_an_unreadable_result_is_set_aside_and_the_next_is_still_sent(
     ckpt: Path, tmp_path: Path, caplog
 ) -> None:
     import os
-    import threading
 
     from chestxr.serve import results
     from chestxr.serve.sender import Destination, Sender
@@ -674,9 +678,7 @@ def test_an_unreadable_result_is_set_aside_and_the_next_is_still_sent(
     )
     metrics = Metrics()
     sender = Sender(outbox, Destination("127.0.0.1", pacs.port, "PACS"), metrics, max_rejections=5)
-    stop = threading.Event()
-    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
-    thread.start()
+    stop, thread = run_in_thread(sender)
     try:
         wait_for(lambda: (tmp_path / "results/sent/b.sr.dcm").exists(), timeout=15)
         assert thread.is_alive()
@@ -729,9 +731,7 @@ def test_results_go_over_several_associations_at_once_each_file_once(
         results.write_sr(ds, result, scorer.info, outbox / f"k{i}.sr.dcm", builder)
     dest = Destination("127.0.0.1", pacs.port, "PACS", associations=3)
     sender = Sender(outbox, dest, Metrics(), max_rejections=3)
-    stop = threading.Event()
-    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
-    thread.start()
+    stop, thread = run_in_thread(sender)
     try:
         wait_for(lambda: not sender.waiting(), timeout=30)
     finally:
@@ -813,9 +813,7 @@ def test_an_association_carries_bursts_of_results_and_is_released_when_idle(
     _results(ckpt, tmp_path, made, range(16))
     dest = Destination("127.0.0.1", pacs.port, "PACS", associations=4)
     sender = Sender(outbox, dest, Metrics(), max_rejections=3, idle_s=5.0)
-    stop = threading.Event()
-    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
-    thread.start()
+    stop, thread = run_in_thread(sender)
     try:
         _burst(sorted(made.iterdir())[:8], outbox)
         wait_for(lambda: sender.metrics.counts()["sent"] == 8, timeout=30)
@@ -839,7 +837,6 @@ def test_a_pacs_taking_fewer_associations_than_configured_gets_every_result_at_o
     that opens a second lane while the first holds the one association is rejected, and its
     files go back to the first lane instead of waiting out a back-off; every result arrives
     once."""
-    import threading
 
     from chestxr.serve.sender import Destination, Sender
 
@@ -849,9 +846,7 @@ def test_a_pacs_taking_fewer_associations_than_configured_gets_every_result_at_o
     dest = Destination("127.0.0.1", pacs.port, "PACS", associations=4)
     metrics = Metrics()
     sender = Sender(outbox, dest, metrics, max_rejections=3, backoff_s=60.0, idle_s=30.0)
-    stop = threading.Event()
-    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
-    thread.start()
+    stop, thread = run_in_thread(sender)
     try:
         _burst(sorted(made.iterdir())[:4], outbox)  # one lane, one association
         wait_for(lambda: metrics.counts()["sent"] == 4, timeout=30)
@@ -872,7 +867,6 @@ def test_a_pacs_that_drops_an_idle_association_gets_the_next_result_over_a_new_o
     """A lane keeps its association open between results; when the PACS drops it meanwhile
     (restarted here), the next result goes over a new association at once, not after a
     response timeout, and is stored once."""
-    import threading
 
     from chestxr.serve.sender import Destination, Sender
 
@@ -887,9 +881,7 @@ def test_a_pacs_that_drops_an_idle_association_gets_the_next_result_over_a_new_o
         idle_s=60.0,
         timeout_s=30.0,
     )
-    stop = threading.Event()
-    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
-    thread.start()
+    stop, thread = run_in_thread(sender)
     second = FakePacs(port)
     try:
         _results(ckpt, tmp_path, outbox, range(1))
