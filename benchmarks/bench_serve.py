@@ -172,6 +172,8 @@ def send_all(
         todo = [p for p in files if str(p) not in acked]
         if not todo:
             return
+        if len(todo) < len(files):
+            log.warning("the modality sends %d unacknowledged files again", len(todo))
         threads = [
             threading.Thread(target=send, args=(port, todo[i::associations], acked))
             for i in range(associations)
@@ -436,14 +438,17 @@ def kill_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int) -> dict:
         send_all(cfg["port"], warm, 1)  # a warm node: results are flowing at the kill
         wait_for(lambda: stored(http) >= len(warm), timeout=300)
 
-        def killer() -> None:
-            while len(acked) < len(files) // 2:
+        sent = threading.Event()
+
+        def killer() -> None:  # once half is acknowledged (or all was sent without that)
+            while len(acked) < len(files) // 2 and not sent.is_set():
                 time.sleep(0.01)
             proc.send_signal(signal.SIGKILL)
 
         k = threading.Thread(target=killer)
         k.start()
         send_all(cfg["port"], files, assoc, acked, rounds=1)  # until the kill
+        sent.set()
         k.join()
         proc.wait(timeout=60)
         at_kill = len(acked)

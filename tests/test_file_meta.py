@@ -70,6 +70,11 @@ def test_optional_elements_and_a_stale_group_length_are_written_as_pydicom_write
         (lambda e: [*e, (0x00020016, "AE", "")], "0016"),
         (lambda e: [*e, (0x00020016, "AE", "A\\B")], "0016"),
         (lambda e: [*e, (0x00020016, "PN", "A")], "0016"),
+        (lambda e: [*e, (0x00020016, "AE", "A" * 65)], "0016"),
+        (lambda e: [*e, (0x00020100, "UI", "1.2.3 ")], "0100"),  # pydicom strips it
+        (lambda e: [*e, (0x00020100, "UI", "1.2.3\x00")], "0100"),
+        (lambda e: [x if x[0] != 0x00020001 else (x[0], "OB", b"") for x in e], "0001"),
+        (lambda e: [*e, (0x00020000, "UL", 0), (0x00020102, "UL", 2**32)], "0102"),
     ],
 )
 def test_what_it_cannot_encode_is_refused_naming_the_element(change, message: str) -> None:

@@ -53,17 +53,25 @@ def file_header(elements: Iterable[tuple[int, str, object]]) -> bytes:
 
 
 def _element(tag: int, vr: str, value: object) -> bytes:
-    """One Explicit VR Little Endian element of group 0x0002."""
+    """One Explicit VR Little Endian element of group 0x0002: a UL in range, a non-empty OB, or
+    one non-empty ASCII text value without leading or trailing spaces or NULs (pydicom strips
+    those from a UID) of at most 64 bytes; anything else is refused (ValueError)."""
     if tag >> 16 != 0x0002:
         raise ValueError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not a file meta element")
-    if vr == "UL" and isinstance(value, int):
+    if vr == "UL" and isinstance(value, int) and 0 <= value < 2**32:
         return struct.pack("<HH2sHI", 0x0002, tag & 0xFFFF, b"UL", 4, value)
-    if vr == "OB" and isinstance(value, bytes):
+    if vr == "OB" and isinstance(value, bytes) and 0 < len(value) < 2**31:
         data = value + b"\x00" * (len(value) % 2)
         return struct.pack("<HH2s2xI", 0x0002, tag & 0xFFFF, b"OB", len(data)) + data
-    text = isinstance(value, str) and value.isascii() and value and "\\" not in value
-    if vr in _TEXT_PAD and text:
-        data = str(value).encode("ascii")
+    if vr in _TEXT_PAD and isinstance(value, str) and _plain(value):
+        data = value.encode("ascii")
         data += _TEXT_PAD[vr] * (len(data) % 2)
         return struct.pack("<HH2sH", 0x0002, tag & 0xFFFF, vr.encode(), len(data)) + data
     raise ValueError(f"file meta element ({0x0002:04X},{tag & 0xFFFF:04X}) {vr} {value!r}")
+
+
+def _plain(text: str) -> bool:
+    """One value pydicom writes as it is (but for padding)."""
+    return (
+        0 < len(text) <= 64 and text.isascii() and "\\" not in text and text == text.strip(" \x00")
+    )

@@ -116,7 +116,9 @@ class _Association:
         """Slow the association's reader (pynetdicom's DUL) to a 50 ms poll while the lane waits
         for results, back to 5 ms before it sends: at 5 ms, an open association whose lane
         waits costs ~0.011 of a core, ~1 ms of CPU per result in a load run with two lanes open
-        (0.003 at 50 ms). The first request after a wait may wait up to 50 ms for the reader;
+        (0.003 at 50 ms). The first request after a wait may wait up to 50 ms for the reader
+        (which also writes what is sent), and a PACS that drops the association meanwhile may
+        go unnoticed as long before the next request (a send error, then a new association);
         within a burst the reader never sleeps longer than 5 ms. (Set only while no request is
         under way: the reader reads the delay each time it sleeps.)"""
         dul = getattr(self.assoc, "dul", None)
@@ -136,7 +138,7 @@ class _Association:
 
     def close(self) -> None:
         """Release the association, or abort it when it cannot be released any more."""
-        self.waiting(False)  # the release's answer read without a 50 ms wait
+        self.waiting(False)  # the release's answer read within 5 ms (its request may wait 50)
         if self.usable():
             self.assoc.release()
         else:
