@@ -75,7 +75,8 @@ def received_file(event: Any) -> bytes:
         )
     except ValueError:
         return event.encoded_dataset()
-    return header + request.DataSet.getvalue()
+    with request.DataSet.getbuffer() as data:  # one copy of the data set, not two
+        return header + data
 
 
 MAX_PDU_BYTES = 4 * 1024 * 1024  # the largest PDU we accept (declared at association)
