@@ -22,8 +22,8 @@ hardware threads.)
    node's run; REPEATS runs, the one with the median ratio reported, every ratio printed; each
    run's ratio to the mean of the two bare runs around it is printed too: the faster of two noisy
    runs is biased upwards), and p50/p95 latency from reception (the C-STORE) to the result stored
-   in Orthanc (its C-STORE answered), and the node's CPU per instance by worker stage (the model's
-   thread, reading, writing, the rest): the forward's share of it is the ratio at one machine
+   in Orthanc (its C-STORE answered), and the node's CPU per instance by worker stage (the model,
+   reading, writing, the rest): the forward's share of it is the ratio at one machine
    speed, where the ratio to the bare forward also carries the machine's drift between the bare
    runs and the load run.
    Then the **worker pipeline alone**: the same N instances put in a spool beforehand, read,
@@ -217,22 +217,13 @@ def _children_cpu_s() -> float:
     return use.ru_utime + use.ru_stime
 
 
-def worker_threads_cpu_s() -> dict[str, float]:
-    """CPU seconds so far of this process's worker threads, by stage: ``forward`` (the thread
-    that runs the model), ``read`` and ``write`` (Linux /proc; the node runs in this process)."""
+def worker_cpu_s(node: Any) -> dict[str, float]:
+    """CPU seconds so far of the node's workers, by stage: ``read``, ``forward`` (the model) and
+    ``write`` (each worker counts its own, whether its stages run in threads or in turn)."""
     out: dict[str, float] = {}
-    for thread in threading.enumerate():
-        name = thread.name
-        if not name.startswith("chestxr-worker-") or thread.native_id is None:
-            continue
-        stage = name.rsplit("-", 1)[1] if name.endswith(("-read", "-write")) else "forward"
-        try:
-            fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
-        except FileNotFoundError:  # ended meanwhile
-            continue
-        ticks = fields.rsplit(")", 1)[1].split()
-        seconds = (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")
-        out[stage] = out.get(stage, 0.0) + seconds
+    for worker in node.workers:
+        for stage, seconds in worker.cpu_s.items():
+            out[stage] = out.get(stage, 0.0) + seconds
     return out
 
 
@@ -375,7 +366,7 @@ def load_run(
         acked: dict[str, float] = {}
         storescu = dcmtk_storescu()
         cpu0 = {"node": _cpu_s(os.getpid()), "orthanc": _cpu_s(orthanc.pid)}
-        stages0 = worker_threads_cpu_s()
+        stages0 = worker_cpu_s(node)
         modality0, jiffies0 = _children_cpu_s(), _cpu_jiffies()
         t, start_ns = time.perf_counter(), time.time_ns()
         if storescu:  # the modality in processes of its own, as in a hospital
@@ -390,7 +381,7 @@ def load_run(
         elapsed = time.perf_counter() - t
         cpu = {k: _cpu_s(p) - cpu0[k] for k, p in (("node", os.getpid()), ("orthanc", orthanc.pid))}
         cpu["modality"] = _children_cpu_s() - modality0  # storescu (0 with pynetdicom threads)
-        stages = {k: v - stages0.get(k, 0.0) for k, v in worker_threads_cpu_s().items()}
+        stages = {k: v - stages0.get(k, 0.0) for k, v in worker_cpu_s(node).items()}
         busy, stolen = _busy_since(jiffies0), _stolen_since(jiffies0)
         records = (tmp / "load/state/spool/done").glob("*.json")
         received = sorted(json.loads(r.read_text())["received_ns"] for r in records)[len(warm) :]

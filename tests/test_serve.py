@@ -1130,12 +1130,13 @@ def test_a_scan_without_a_type_1_series_attribute_fails_naming_it(
     assert metrics.snapshot()["scored"] == 0
 
 
-def test_the_pipelined_worker_loses_nothing_when_writing_or_scoring_fails(
-    ckpt: Path, tmp_path: Path, monkeypatch
+@pytest.mark.parametrize("overlap", [True, False], ids=["pipelined", "in-turn"])
+def test_the_worker_loses_nothing_when_writing_or_scoring_fails(
+    ckpt: Path, tmp_path: Path, monkeypatch, overlap: bool
 ) -> None:
-    """The worker's three threads (read, score, write): a full disk while results are written,
-    then a model failure, leave the instances pending; once the faults clear each ends with
-    exactly one result and none is lost."""
+    """The worker, in its three threads (read, score, write) or on one: a full disk while
+    results are written, then a model failure, leave the instances pending; once the faults
+    clear each ends with exactly one result and none is lost."""
     import errno
     import threading
 
@@ -1171,20 +1172,38 @@ def test_the_pipelined_worker_loses_nothing_when_writing_or_scoring_fails(
     monkeypatch.setattr(results, "write_sr", full_disk_at_first)
     monkeypatch.setattr(scorer, "score", model_fails_once)
     outbox = tmp_path / "results/outbox"
-    worker = Worker(spool, scorer, outbox, Metrics(), batch_size=4, poll_s=0.01)
+    worker = Worker(spool, scorer, outbox, Metrics(), batch_size=4, poll_s=0.01, overlap=overlap)
+    threads = threading.active_count()
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
     wait_for(lambda: spool.counts()["done"] == 10, timeout=120)
+    # the pipeline's reader and writer beside the worker's own thread, or that thread alone
+    assert threading.active_count() == threads + (3 if overlap else 1)
     stop.set()
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert faults["disk"] < 0 and faults["model"] < 0  # both faults happened
     assert spool.counts() == {"pending": 0, "done": 10, "failed": 0}
+    assert set(worker.cpu_s) == {"read", "forward", "write"} and min(worker.cpu_s.values()) > 0
     assert sorted(p.name for p in outbox.iterdir()) == sorted(
         f"{spool_key(u)}.sr.dcm" for u in uids
     )
     assert not list((tmp_path / "results/staging").iterdir())
+
+
+def test_the_worker_overlaps_its_stages_only_where_they_can_run_at_once(monkeypatch) -> None:
+    import os
+
+    import torch
+
+    from chestxr.serve.worker import stages_can_overlap
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert not stages_can_overlap(torch.device("cpu"))  # one core: the stages take turns
+    assert stages_can_overlap(torch.device("cuda"))  # the model runs beside the CPU
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert stages_can_overlap(torch.device("cpu"))
 
 
 def text_values(ds: Dataset) -> set[str]:
