@@ -161,9 +161,7 @@ class Worker:
                 try:
                     scores = self._timed("forward", self.score, batch)
                 except Exception:
-                    log.exception("batch of %d failed in the model; left pending", len(batch))
-                    self._release([p.item for p in batch])
-                    stop.wait(1.0)
+                    self._left_pending([p.item for p in batch], "failed in the model", stop)
                     continue
                 scored.put((batch, scores))
         finally:
@@ -174,33 +172,23 @@ class Worker:
     def _run_in_turn(self, stop: threading.Event) -> None:
         """Claim, read, score and record one batch after another until ``stop``."""
         while not stop.is_set():
-            items = self.spool.claim(self.batch_size)
-            if not items:
-                self.wake.wait(self.poll_s)
-                self.wake.clear()
+            if not (items := self._claim()):
                 continue
             try:
                 self.process(items)
-            except Exception:  # finished ones stay finished: release leaves them be
-                log.exception("batch of %d failed; left pending", len(items))
-                self._release(items)
-                stop.wait(1.0)
+            except Exception:  # the ones already finished stay so: release leaves them be
+                self._left_pending(items, "failed", stop)
 
     def _read_loop(self, stop: threading.Event, out: queue.Queue) -> None:
         """Claim and read batches into ``out`` until ``stop``; then None."""
         try:
             while not stop.is_set():
-                items = self.spool.claim(self.batch_size)
-                if not items:
-                    self.wake.wait(self.poll_s)
-                    self.wake.clear()
+                if not (items := self._claim()):
                     continue
                 try:
                     batch = self._timed("read", self.read, items)
                 except Exception:
-                    log.exception("batch of %d failed while read; left pending", len(items))
-                    self._release(items)
-                    stop.wait(1.0)
+                    self._left_pending(items, "failed while read", stop)
                     continue
                 if batch:
                     out.put(batch)
@@ -214,9 +202,21 @@ class Worker:
             try:
                 self._timed("write", self.record, batch, scores)
             except Exception:
-                log.exception("results of a batch of %d not written; left pending", len(batch))
-                self._release([p.item for p in batch])
-                stop.wait(1.0)
+                self._left_pending([p.item for p in batch], "not written", stop)
+
+    def _claim(self) -> list[Item]:
+        """The next batch of pending instances; none after waiting up to ``poll_s`` for one."""
+        items = self.spool.claim(self.batch_size)
+        if not items:
+            self.wake.wait(self.poll_s)
+            self.wake.clear()
+        return items
+
+    def _left_pending(self, items: list[Item], what: str, stop: threading.Event) -> None:
+        """Log the exception being handled, give ``items`` back to the spool, then pause 1 s."""
+        log.exception("batch of %d %s; left pending", len(items), what)
+        self._release(items)
+        stop.wait(1.0)
 
     def _release(self, items: list[Item]) -> None:
         for item in items:
