@@ -23,9 +23,17 @@ hardware threads.)
    run's ratio to the mean of the two bare runs around it is printed too: the faster of two noisy
    runs is biased upwards), and p50/p95 latency from reception (the C-STORE) to the result stored
    in Orthanc (its C-STORE answered), and the node's CPU per instance by worker stage (the model,
-   reading, writing, the rest): the forward's share of it is the ratio at one machine
-   speed, where the ratio to the bare forward also carries the machine's drift between the bare
-   runs and the load run.
+   reading, writing, each the CPU time of the worker's thread that runs it; the model's other
+   torch threads, where it has some, count in the rest). The machine's speed drifts by up to a
+   third between a load run and the bare runs around it, so each run's ratio is also given **at
+   the node's own forward speed**: its throughput over that of a forward pass costing what the
+   node's forward cost in that run (its throughput times its forward's CPU per instance: the
+   share of the run's time the model computed). The strict ratio is biased low (the faster of two
+   noisy bare runs); the own-speed ratio is high by whatever the load itself slows the forward
+   pass (the node's other threads on its core, the PACS and the modality beside it). The
+   **forward check**, a load run of its own in which each of the node's batches is followed on
+   the same thread by a forward of one fixed batch, gives the median ratio of their costs: ~1
+   says the node's forward costs what any forward costs at that moment under that load.
    Then the **worker pipeline alone**: the same N instances put in a spool beforehand, read,
    scored and their SRs written with no DICOM traffic, PACS or modality in the run; its ratio to
    the bare forward is how far the node's in-process work alone is from it on this machine.
@@ -346,9 +354,37 @@ def pipeline_run(ckpt: Path, files: list[Path], tmp: Path) -> dict:
     }
 
 
+def with_reference(
+    score: Callable[[torch.Tensor], Any], reference: torch.Tensor, pairs: list[tuple[float, float]]
+) -> Callable[[torch.Tensor], Any]:
+    """``score``, each call followed on the same thread by a forward of ``reference`` (a full
+    batch of fixed inputs); for each full batch, its CPU seconds per image and the reference's
+    are appended to ``pairs``."""
+
+    def scored(images: torch.Tensor) -> Any:
+        start = time.thread_time()
+        out = score(images)
+        done = time.thread_time()
+        score(reference)
+        if len(images) == len(reference):
+            pairs.append(((done - start) / len(images), (time.thread_time() - done) / len(images)))
+        return out
+
+    return scored
+
+
 def load_run(
-    ckpt: Path, files: list[Path], warm: list[Path], tmp: Path, assoc: int, stow: bool = False
+    ckpt: Path,
+    files: list[Path],
+    warm: list[Path],
+    tmp: Path,
+    assoc: int,
+    stow: bool = False,
+    reference: torch.Tensor | None = None,
 ) -> dict:
+    """One load run (see the module docstring); with ``reference``, the forward check: each of
+    the node's batches followed by a forward of ``reference`` (the run's throughput then counts
+    both and is not a load figure)."""
     from chestxr.serve.node import Node
 
     cfg = node_config(ckpt, tmp / "load/state", cams=False, batch_size=BATCH, http_port=None)
@@ -358,7 +394,11 @@ def load_run(
         cfg["destination"] = {"stow_url": f"http://127.0.0.1:{http}/dicom-web", **SENDING}
     else:
         cfg["destination"] = {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC", **SENDING}
-    node = Node(cfg).start()
+    node = Node(cfg)
+    pairs: list[tuple[float, float]] = []
+    if reference is not None:  # the workers call the scorer's score: this one, on their thread
+        node.scorer.score = with_reference(node.scorer.score, reference, pairs)
+    node.start()
     try:
         send_all(cfg["port"], warm, 1)  # warm-up of the whole path
         settle(lambda: counted(node.metrics, "sent") >= len(warm), timeout=300)
@@ -391,7 +431,7 @@ def load_run(
         node.stop()
         orthanc.terminate()
         orthanc.wait(timeout=60)
-    return {
+    result = {
         "modality": "DCMTK storescu processes" if storescu else "pynetdicom threads (no DCMTK)",
         "results_by": "STOW-RS" if stow else "C-STORE",
         "node_img_s": len(files) / elapsed,
@@ -415,6 +455,14 @@ def load_run(
         "acknowledged": len(acked),
         "sources_with_one_result": sum(per.get(s) == 1 for s in studies(files)),
     }
+    if reference is not None:  # the node's forward over a fixed batch's, same thread, same moment
+        ratios = [node_s / ref_s for node_s, ref_s in pairs]
+        result["forward_check"] = {
+            "batches": len(pairs),
+            "node_over_reference": float(np.median(ratios)) if ratios else None,
+            "range": [float(min(ratios)), float(max(ratios))] if ratios else None,
+        }
+    return result
 
 
 def kill_run(ckpt: Path, files: list[Path], tmp: Path, assoc: int) -> dict:
@@ -591,6 +639,16 @@ def main(
         load["node_img_s"] / float(np.mean([a["model_img_s"], b["model_img_s"]]))
         for load, (a, b) in zip(loads, itertools.pairwise(bares), strict=True)
     ]
+    # each run at the node's own forward speed: its throughput over that of a forward costing
+    # what its forward cost in that run (the share of the run's time the model computed)
+    report["load_ratios_at_own_speed"] = [
+        load["node_img_s"] * load["node_cpu_ms_per_instance_by_stage"]["forward"] / 1000
+        for load in loads
+    ]
+    # the forward check: does the node's forward cost what a bare one does at the same moment?
+    reference = torch.rand(BATCH, 1, model_px, model_px, generator=torch.Generator().manual_seed(0))
+    check = load_run(ckpt, files, warm, tmp / "check", associations, stow, reference=reference)
+    report["forward_check"] = check["forward_check"]
     # the worker pipeline alone, against the faster of the bare runs around it
     report["pipeline"] = pipeline_run(ckpt, files, tmp / "pipeline")
     after = bare_forward(ckpt, bare_files)
@@ -629,6 +687,15 @@ def main(
         (
             "  ratio to the mean of the bare runs around it",
             " ".join(f"{r:.3f}" for r in report["load_ratios_to_mean_bare"]),
+        ),
+        (
+            "  ratio at the node's own forward speed",
+            " ".join(f"{r:.3f}" for r in report["load_ratios_at_own_speed"]),
+        ),
+        (
+            "  forward check: node's batch / a fixed one after it",
+            f"{report['forward_check']['node_over_reference'] or float('nan'):.3f} "
+            f"(median of {report['forward_check']['batches']} batches)",
         ),
         ("  ratio to preprocess + model", load["node_img_s"] / bare["preprocess_and_model_img_s"]),
         ("  CPU per instance: node process (ms)", load["cpu_ms_per_instance"]["node"]),

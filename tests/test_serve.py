@@ -1149,15 +1149,19 @@ def test_the_worker_loses_nothing_when_writing_or_scoring_fails(
         src = make_radiograph(tmp_path / f"s{i}.dcm", seed=i)
         uids.append(str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID))
         spool.put(uids[-1], src.read_bytes())
-    faults = {"disk": 3, "model": 1}
+    faults, writes = {"disk": 3, "model": 1}, {"tried": 0, "written": 0}
     write_sr, lock = results.write_sr, threading.Lock()
 
-    def full_disk_at_first(*args, **kwargs):
-        with lock:
-            faults["disk"] -= 1
-            if faults["disk"] >= 0:
+    def full_disk_after_the_first(*args, **kwargs):
+        with lock:  # the first instance's results written, then the disk is full three times
+            writes["tried"] += 1
+            if writes["tried"] > 1 and faults["disk"] > 0:
+                faults["disk"] -= 1
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return write_sr(*args, **kwargs)
+        out = write_sr(*args, **kwargs)
+        with lock:
+            writes["written"] += 1
+        return out
 
     scorer = Scorer(ckpt, cams=False)
     score = scorer.score
@@ -1165,26 +1169,28 @@ def test_the_worker_loses_nothing_when_writing_or_scoring_fails(
     def model_fails_once(images):
         with lock:
             faults["model"] -= 1
-            if faults["model"] >= 0 and faults["disk"] < 0:
+            if faults["model"] >= 0 and faults["disk"] == 0:
                 raise RuntimeError("out of memory")
         return score(images)
 
-    monkeypatch.setattr(results, "write_sr", full_disk_at_first)
+    monkeypatch.setattr(results, "write_sr", full_disk_after_the_first)
     monkeypatch.setattr(scorer, "score", model_fails_once)
     outbox = tmp_path / "results/outbox"
     worker = Worker(spool, scorer, outbox, Metrics(), batch_size=4, poll_s=0.01, overlap=overlap)
-    threads = threading.active_count()
     stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True, name="worker-x")
     thread.start()
     wait_for(lambda: spool.counts()["done"] == 10, timeout=120)
     # the pipeline's reader and writer beside the worker's own thread, or that thread alone
-    assert threading.active_count() == threads + (3 if overlap else 1)
+    stages = {t.name for t in threading.enumerate()} & {"worker-x-read", "worker-x-write"}
+    assert stages == ({"worker-x-read", "worker-x-write"} if overlap else set())
     stop.set()
     thread.join(timeout=30)
     assert not thread.is_alive()
-    assert faults["disk"] < 0 and faults["model"] < 0  # both faults happened
+    assert faults["disk"] == 0 and faults["model"] < 0  # both faults happened
     assert spool.counts() == {"pending": 0, "done": 10, "failed": 0}
+    # the instance recorded before the disk filled, given back with its batch, was not redone
+    assert writes["written"] == 10
     assert set(worker.cpu_s) == {"read", "forward", "write"} and min(worker.cpu_s.values()) > 0
     assert sorted(p.name for p in outbox.iterdir()) == sorted(
         f"{spool_key(u)}.sr.dcm" for u in uids
@@ -1203,6 +1209,11 @@ def test_the_worker_overlaps_its_stages_only_where_they_can_run_at_once(monkeypa
     assert not stages_can_overlap(torch.device("cpu"))  # one core: the stages take turns
     assert stages_can_overlap(torch.device("cuda"))  # the model runs beside the CPU
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert stages_can_overlap(torch.device("cpu"))
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS, Windows: the machine's count
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert not stages_can_overlap(torch.device("cpu"))
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert stages_can_overlap(torch.device("cpu"))
 
 
