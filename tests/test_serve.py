@@ -1167,9 +1167,9 @@ def test_the_worker_loses_nothing_when_writing_or_scoring_fails(
     score = scorer.score
 
     def model_fails_once(images):
-        with lock:
-            faults["model"] -= 1
-            if faults["model"] >= 0 and faults["disk"] == 0:
+        with lock:  # once the disk has room again
+            if faults["disk"] == 0 and faults["model"] > 0:
+                faults["model"] -= 1
                 raise RuntimeError("out of memory")
         return score(images)
 
@@ -1180,14 +1180,16 @@ def test_the_worker_loses_nothing_when_writing_or_scoring_fails(
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True, name="worker-x")
     thread.start()
-    wait_for(lambda: spool.counts()["done"] == 10, timeout=120)
-    # the pipeline's reader and writer beside the worker's own thread, or that thread alone
-    stages = {t.name for t in threading.enumerate()} & {"worker-x-read", "worker-x-write"}
+    try:
+        wait_for(lambda: spool.counts()["done"] == 10, timeout=120)
+        # the pipeline's reader and writer beside the worker's own thread, or that thread alone
+        stages = {t.name for t in threading.enumerate()} & {"worker-x-read", "worker-x-write"}
+    finally:
+        stop.set()
+        thread.join(timeout=30)
     assert stages == ({"worker-x-read", "worker-x-write"} if overlap else set())
-    stop.set()
-    thread.join(timeout=30)
     assert not thread.is_alive()
-    assert faults["disk"] == 0 and faults["model"] < 0  # both faults happened
+    assert faults == {"disk": 0, "model": 0}  # both faults happened
     assert spool.counts() == {"pending": 0, "done": 10, "failed": 0}
     # the instance recorded before the disk filled, given back with its batch, was not redone
     assert writes["written"] == 10
