@@ -31,9 +31,10 @@ hardware threads.)
    share of the run's time the model computed). The strict ratio is biased low (the faster of two
    noisy bare runs); the own-speed ratio is high by whatever the load itself slows the forward
    pass (the node's other threads on its core, the PACS and the modality beside it). The
-   **forward check**, a load run of its own in which each of the node's batches is followed on
-   the same thread by a forward of one fixed batch, gives the median ratio of their costs: ~1
-   says the node's forward costs what any forward costs at that moment under that load.
+   **forward check**, a load run of its own in which each of the node's batches runs next to a
+   forward of one fixed batch on the same thread (after it and before it by turns), gives the
+   median ratio of their costs: ~1 says the node's forward costs what any forward costs at that
+   moment under that load (not what it would cost without the load).
    Then the **worker pipeline alone**: the same N instances put in a spool beforehand, read,
    scored and their SRs written with no DICOM traffic, PACS or modality in the run; its ratio to
    the bare forward is how far the node's in-process work alone is from it on this machine.
@@ -389,8 +390,8 @@ def load_run(
     reference: torch.Tensor | None = None,
 ) -> dict:
     """One load run (see the module docstring); with ``reference``, the forward check: each of
-    the node's batches followed by a forward of ``reference`` (the run's throughput then counts
-    both and is not a load figure)."""
+    the node's batches next to a forward of ``reference`` (the run's throughput then counts both
+    and is not a load figure)."""
     from chestxr.serve.node import Node
 
     cfg = node_config(ckpt, tmp / "load/state", cams=False, batch_size=BATCH, http_port=None)
