@@ -144,7 +144,8 @@ class Worker:
         stages cannot overlap, and three threads would only take turns on it (the pipeline
         alone on one core, 96 instances: the CPU besides the forward pass's was 13.4 ms per
         instance in turn, 14.4 in three threads, medians of eight interleaved pairs of runs,
-        lower in turn in seven).
+        lower in turn in seven; under DICOM load, six pairs, the machine's noise hid any
+        difference in throughput either way).
         """
         if not self.overlap:
             self._run_in_turn(stop)
