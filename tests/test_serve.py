@@ -535,6 +535,55 @@ def test_both_ends_of_the_nodes_associations_are_tuned(ckpt: Path, tmp_path: Pat
         node.stop()
 
 
+def test_an_idle_accepted_association_waits_for_requests_instead_of_polling(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    """pynetdicom's acceptor reactor asks for the next request every 1 ms (~500 times in half a
+    second); the node's waits for it: a handful of turns while idle, requests and the release
+    still answered at once."""
+    import statistics
+
+    from pynetdicom import AE
+
+    from chestxr.serve.node import Node
+    from chestxr.serve.scp import ACCEPTOR_IDLE_WAIT_S
+
+    cfg = node_config(ckpt, tmp_path / "state", http_port=None, cams=False)
+    node = Node(cfg).start()
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", cfg["port"], ae_title="CHESTXR")
+        assert assoc.is_established
+        try:
+            wait_for(lambda: len(node._scp.active_associations) == 1, timeout=10)
+            dimse = node._scp.active_associations[0].dimse
+            get_msg, turns = dimse.get_msg, []
+
+            def counted(block: bool = False):
+                turns.append(block)
+                return get_msg(block=block)
+
+            dimse.get_msg = counted
+            time.sleep(0.5)
+            idle_turns = len(turns)
+            assert 0 < idle_turns <= 0.5 / ACCEPTOR_IDLE_WAIT_S + 5, idle_turns
+            round_trips = []
+            for _ in range(10):
+                start = time.perf_counter()
+                assert assoc.send_c_echo().Status == 0x0000
+                round_trips.append(time.perf_counter() - start)
+            assert statistics.median(round_trips) < 0.1, round_trips
+            assert len(turns) > idle_turns  # the echoes went through the wrapped reactor
+        finally:
+            start = time.perf_counter()
+            assoc.release()
+        assert assoc.is_released and time.perf_counter() - start < 1.0
+        wait_for(lambda: not node._scp.active_associations, timeout=5)
+    finally:
+        node.stop()
+
+
 def test_results_queued_while_the_pacs_is_down_arrive_once_it_is_up(
     ckpt: Path, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,6 +81,37 @@ def received_file(event: Any) -> bytes:
 
 
 MAX_PDU_BYTES = 4 * 1024 * 1024  # the largest PDU we accept (declared at association)
+ACCEPTOR_IDLE_WAIT_S = 0.01  # an accepted association's reactor, idle: one turn per ~11 ms, not 1
+
+
+def quiet_reactor(assoc: Any, wait_s: float = ACCEPTOR_IDLE_WAIT_S) -> None:
+    """Let an accepted association's reactor wait for the next request instead of polling.
+
+    pynetdicom's acceptor reactor sleeps 1 ms, then asks its DIMSE provider for a message
+    without waiting (``get_msg(block=False)``), over and over while the association is open:
+    ~1000 wake-ups a second each, on the core the model shares. Here that call waits up to
+    ``wait_s`` on the provider's queue, which wakes it the moment a request is complete, so
+    requests are served as soon as before; only a release or abort from the peer, and the
+    network timeout, are noticed up to ``wait_s`` later. Four idle associations cost the node
+    0.113 of a CPU core as pynetdicom leaves them, 0.047 with this (two runs each way, 9 s).
+    Calls that ask to block are passed through unchanged; an association without pynetdicom's
+    provider queue (another pynetdicom version) is left as it is.
+    """
+    dimse = getattr(assoc, "dimse", None)
+    messages = getattr(dimse, "msg_queue", None)
+    if dimse is None or not isinstance(messages, queue.Queue):
+        return
+    get_msg = dimse.get_msg
+
+    def get_msg_waiting(block: bool = False) -> Any:
+        if block:
+            return get_msg(block=True)
+        try:
+            return messages.get(block=True, timeout=wait_s)
+        except queue.Empty:
+            return None, None
+
+    dimse.get_msg = get_msg_waiting
 
 
 def log_each_message() -> bool:
@@ -190,6 +222,7 @@ def start_scp(
         evt_handlers=[
             (evt.EVT_C_STORE, handler),
             (evt.EVT_CONN_OPEN, lambda event: tune(event.assoc)),  # answers leave at once
+            (evt.EVT_CONN_OPEN, lambda event: quiet_reactor(event.assoc)),
         ],
         ssl_context=ssl_context,
     )
