@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -502,19 +505,14 @@ class FakePacs:
         return out
 
 
-def test_both_ends_of_the_nodes_associations_are_tuned(ckpt: Path, tmp_path: Path) -> None:
-    """TCP_NODELAY and the 5 ms idle poll on what the node accepts and on what it opens."""
-    import socket
-
+@contextlib.contextmanager
+def node_with_association(ckpt: Path, tmp_path: Path) -> Iterator[tuple[Any, Any, Any]]:
+    """A node (CAMs off, no HTTP face) with one C-ECHO association open to it: (the node, the
+    modality's end of the association, the node's end); released, if still open, and the node
+    stopped on exit."""
     from pynetdicom import AE
 
     from chestxr.serve.node import Node
-    from chestxr.serve.sender import DUL_IDLE_POLL_S, tune
-
-    def tuned(assoc) -> bool:
-        sock = assoc.dul.socket.socket
-        nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        return bool(nodelay) and assoc.dul._run_loop_delay == DUL_IDLE_POLL_S
 
     cfg = node_config(ckpt, tmp_path / "state", http_port=None, cams=False)
     node = Node(cfg).start()
@@ -525,14 +523,30 @@ def test_both_ends_of_the_nodes_associations_are_tuned(ckpt: Path, tmp_path: Pat
         assert assoc.is_established
         try:
             wait_for(lambda: len(node._scp.active_associations) == 1, timeout=10)
-            assert tuned(node._scp.active_associations[0])  # the SCP's end
-            assert not tuned(assoc)  # pynetdicom's defaults, until tuned as the sender does
-            tune(assoc)
-            assert tuned(assoc)
+            yield node, assoc, node._scp.active_associations[0]
         finally:
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
     finally:
         node.stop()
+
+
+def test_both_ends_of_the_nodes_associations_are_tuned(ckpt: Path, tmp_path: Path) -> None:
+    """TCP_NODELAY and the 5 ms idle poll on what the node accepts and on what it opens."""
+    import socket
+
+    from chestxr.serve.sender import DUL_IDLE_POLL_S, tune
+
+    def tuned(assoc) -> bool:
+        sock = assoc.dul.socket.socket
+        nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        return bool(nodelay) and assoc.dul._run_loop_delay == DUL_IDLE_POLL_S
+
+    with node_with_association(ckpt, tmp_path) as (_, assoc, accepted):
+        assert tuned(accepted)  # the SCP's end
+        assert not tuned(assoc)  # pynetdicom's defaults, until tuned as the sender does
+        tune(assoc)
+        assert tuned(assoc)
 
 
 def test_an_idle_accepted_association_waits_for_requests_instead_of_polling(
@@ -545,52 +559,37 @@ def test_an_idle_accepted_association_waits_for_requests_instead_of_polling(
     import functools
     import statistics
 
-    from pynetdicom import AE
-
     from chestxr.serve import scp
-    from chestxr.serve.node import Node
 
     wait_s = 0.5
     if hasattr(scp, "quiet_reactor"):  # the node binds it by name at each connection
         monkeypatch.setattr(
             scp, "quiet_reactor", functools.partial(scp.quiet_reactor, wait_s=wait_s)
         )
-    cfg = node_config(ckpt, tmp_path / "state", http_port=None, cams=False)
-    node = Node(cfg).start()
-    try:
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context("1.2.840.10008.1.1")
-        assoc = ae.associate("127.0.0.1", cfg["port"], ae_title="CHESTXR")
-        assert assoc.is_established
-        try:
-            wait_for(lambda: len(node._scp.active_associations) == 1, timeout=10)
-            dimse = node._scp.active_associations[0].dimse
-            get_msg, taken = dimse.get_msg, []
+    with node_with_association(ckpt, tmp_path) as (node, assoc, accepted):
+        get_msg, taken = accepted.dimse.get_msg, []
 
-            def counted(block: bool = False, *args, **kwargs):
-                got = get_msg(block, *args, **kwargs)
-                taken.append(type(got[1]).__name__)
-                return got
+        def counted(block: bool = False, *args, **kwargs):
+            got = get_msg(block, *args, **kwargs)
+            taken.append(type(got[1]).__name__)
+            return got
 
-            dimse.get_msg = counted
+        accepted.dimse.get_msg = counted
+        start = time.perf_counter()
+        time.sleep(1.0)
+        idle_s, idle_turns = time.perf_counter() - start, len(taken)
+        assert 0 < idle_turns <= idle_s / wait_s + 2, (idle_turns, idle_s)
+        round_trips = []
+        for _ in range(10):
             start = time.perf_counter()
-            time.sleep(1.0)
-            idle_s, idle_turns = time.perf_counter() - start, len(taken)
-            assert 0 < idle_turns <= idle_s / wait_s + 2, (idle_turns, idle_s)
-            round_trips = []
-            for _ in range(10):
-                start = time.perf_counter()
-                assert assoc.send_c_echo().Status == 0x0000
-                round_trips.append(time.perf_counter() - start)
-            assert taken.count("C_ECHO") == 10  # each echo went through the waiting call
-            assert statistics.median(round_trips) < wait_s / 2, round_trips  # not after the wait
-        finally:
-            start = time.perf_counter()
-            assoc.release()
+            assert assoc.send_c_echo().Status == 0x0000
+            round_trips.append(time.perf_counter() - start)
+        assert taken.count("C_ECHO") == 10  # each echo went through the waiting call
+        assert statistics.median(round_trips) < wait_s / 2, round_trips  # not after the wait
+        start = time.perf_counter()
+        assoc.release()
         assert assoc.is_released and time.perf_counter() - start < wait_s + 1.0
         wait_for(lambda: not node._scp.active_associations, timeout=5)
-    finally:
-        node.stop()
 
 
 def test_only_accepted_associations_wait_for_their_next_request() -> None:
