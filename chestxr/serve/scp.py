@@ -92,9 +92,9 @@ def quiet_reactor(assoc: Any, wait_s: float = ACCEPTOR_IDLE_WAIT_S) -> None:
     ~1000 wake-ups a second each, on the core the model shares. Here that call waits up to
     ``wait_s`` on the provider's queue, which wakes it the moment a request is complete (or the
     peer aborts: pynetdicom puts a marker on the queue then), so requests are served as soon as
-    before; only a release from the peer and the network timeout are noticed up to ``wait_s``
-    later. Four idle associations cost the node's SCP 0.10 of a CPU core as pynetdicom leaves
-    them and 0.04 with this (two runs of 9 s each way).
+    before; a release from the peer, the network timeout and a local shutdown of the connection
+    are noticed up to ``wait_s`` later. Four idle associations cost the node's SCP 0.10 of a
+    CPU core as pynetdicom leaves them and 0.04 with this (two runs of 9 s each way).
 
     Only for associations the node accepts and whose only requests are sent by handlers running
     in the reactor itself (the node's: it answers C-STORE and C-ECHO and sends nothing on them).
