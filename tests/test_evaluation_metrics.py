@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy.special import expit
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     accuracy_score,
@@ -27,6 +28,7 @@ from chestxr.evaluation import (
     fit_temperature,
     logit,
     reliability_curve,
+    temperature_scale_probabilities,
     weighted_binary_metrics,
 )
 from chestxr.evaluation.results import schema_description
@@ -203,6 +205,35 @@ def test_temperature_scaling_recovers_known_temperature(temperature):
     raw = apply_temperature(observed, 1.0)
     assert expected_calibration_error(y, calibrated) < expected_calibration_error(y, raw)
     assert math.isfinite(fitted)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.5])
+def test_temperature_scaling_keeps_decisions_at_float32_ties(temperature):
+    """Confident logits round to one float32 probability; the threshold chosen on validation is
+    one of them. A test scan whose logit is a little lower but whose probability is the same is
+    positive at that threshold, and stays positive once calibrated (mapping the logits instead
+    of the probabilities moved it below the threshold: the CI failure of 2026-12-02)."""
+    logits = np.array([[14.0], [13.97], [13.9], [2.0], [-3.0], [0.0], [-40.0], [40.0]], np.float32)
+    prob = expit(logits)  # float32, as evaluation computes it
+    threshold = prob[0]  # a validation scan's probability
+    assert prob[1, 0] == threshold[0] and logits[1, 0] < logits[0, 0]  # the tie is real
+    scaled, scaled_threshold = temperature_scale_probabilities(prob, threshold, temperature)
+    assert ((scaled >= scaled_threshold) == (prob >= threshold)).all()
+    order = np.argsort(prob[:, 0], kind="stable")
+    assert (np.diff(scaled[order, 0]) >= 0).all()  # ranking kept
+    assert prob[7, 0] == 1.0 and scaled[7, 0] == 1.0 and scaled[5, 0] == 0.5  # fixed points
+    assert 0 < scaled[6, 0] < scaled[4, 0]  # a confident negative: no clipping to a tie
+    for p in (0.1, 0.9):  # calibration moves them: towards 0.5 when T > 1, away when T < 1
+        (out,), _ = temperature_scale_probabilities(np.array([[p]]), np.array([0.5]), temperature)
+        assert (abs(out[0] - 0.5) < abs(p - 0.5)) == (temperature > 1)
+
+
+def test_temperature_scaling_refuses_to_change_a_decision():
+    """At a tiny temperature, probabilities near 1 round to one float64 value: a scan below the
+    threshold would cross it, so the evaluation stops instead."""
+    prob = np.array([[np.float32(1) - np.float32(2**-24)], [1.0]])  # below, at the threshold
+    with pytest.raises(ValueError, match=r"change 1 decision\(s\) \(first at row 0, output 0"):
+        temperature_scale_probabilities(prob, np.array([1.0]), 0.01)
 
 
 def test_sigmoid_and_logit_hold_at_extreme_logits_without_warnings():

@@ -37,6 +37,7 @@ from chestxr.evaluation.calibration import (
     fit_temperature,
     logit,
     reliability_curve,
+    temperature_scale_probabilities,
 )
 from chestxr.evaluation.operating_point import choose_threshold, choose_thresholds
 from chestxr.evaluation.plots import plot_confusion_matrix, plot_pr, plot_reliability, plot_roc
@@ -67,6 +68,7 @@ __all__ = [
     "read_predictions",
     "reliability_curve",
     "roc_band",
+    "temperature_scale_probabilities",
     "weighted_binary_metrics",
     "write_evaluation",
 ]

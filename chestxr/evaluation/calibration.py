@@ -150,6 +150,37 @@ def apply_temperature(logits: Sequence[float] | np.ndarray, temperature: float) 
     return expit(np.asarray(logits, dtype=np.float64) / temperature)
 
 
+def temperature_scale_probabilities(
+    prob: np.ndarray, thresholds: np.ndarray, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``(N, K)`` and their decision thresholds ``(K,)`` calibrated by a temperature,
+    with every decision ``prob >= threshold`` kept.
+
+    Both are mapped by ``sigmoid(logit(p) / T)`` from the probabilities themselves (float64, no
+    clipping: 0 and 1 map to themselves), not from the logits: probabilities that were equal
+    (float32 ones round a band of confident logits to one value, the threshold among them) stay
+    equal, so no scan at the threshold changes side. Mapping the logits instead moved such scans
+    below a threshold taken from a rounded probability.
+
+    Raises:
+        ValueError: ``temperature`` is not a positive finite number, or a decision would change
+            (at a very small T, distinct probabilities near 1 can round to one float64 value).
+    """
+    prob = np.asarray(prob, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    scaled = apply_temperature(scipy_logit(prob), temperature)
+    scaled_thresholds = apply_temperature(scipy_logit(thresholds), temperature)
+    changed = (prob >= thresholds) != (scaled >= scaled_thresholds)
+    if changed.any():
+        rows, cols = np.nonzero(np.atleast_2d(changed))
+        raise ValueError(
+            f"temperature scaling (T = {temperature:.4g}) would change {changed.sum()} decision(s) "
+            f"(first at row {int(rows[0])}, output {int(cols[0])}): the scaled probabilities round "
+            "together; evaluate without temperature_scaling"
+        )
+    return scaled, scaled_thresholds
+
+
 def logit(y_prob: Sequence[float] | np.ndarray, eps: float = 1e-7) -> np.ndarray:
     """Inverse sigmoid of probabilities clipped to ``[eps, 1 - eps]`` (for saved predictions)."""
     return scipy_logit(np.clip(np.asarray(y_prob, dtype=np.float64), eps, 1.0 - eps))

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from chestxr.data.datamodule import RadiographDataModule
 from chestxr.evaluation.artefacts import write_evaluation
-from chestxr.evaluation.calibration import apply_temperature, fit_temperature, logit
+from chestxr.evaluation.calibration import fit_temperature, temperature_scale_probabilities
 from chestxr.evaluation.ensemble import Ensemble, View, checkpoint_records, parse_views
 from chestxr.evaluation.operating_point import check_rule, choose_threshold
 from chestxr.inference import load_model, predict_dataset
@@ -247,8 +247,7 @@ def evaluate_model(
     if cfg.get("temperature_scaling"):
         val = predict_dataset(model, dm.dataset("val", train=False), batch_size=batch_size)
         temperature = fit_temperature(val["logit"], val["target"])
-        prob = apply_temperature(res["logit"], temperature)
-        thresholds = apply_temperature(logit(np.clip(thresholds, 1e-7, 1 - 1e-7)), temperature)
+        prob, thresholds = temperature_scale_probabilities(prob, thresholds, temperature)
         rule["temperature"] = float(temperature)
         log.info("temperature scaling: T = %.3f (fitted on validation)", temperature)
     manifest = dm.load()
