@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from scipy.special import expit
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
@@ -176,6 +177,16 @@ def test_specificity_one_when_top_score_is_negative():
     assert t > 0.9 and _sens_spec(y, p, t)[1] == 1.0
 
 
+def test_nothing_positive_threshold_survives_the_models_float32_buffer():
+    """The threshold above every score is stored in the model's float32 buffer; the next float64
+    above a float32 score rounded back to that score there, so the top scan was called positive
+    while the log said nothing was."""
+    y = np.array([0, 1, 0.0])
+    p = np.array([0.9, 0.5, 0.1], np.float32)  # as evaluation predicts them
+    stored = torch.tensor([choose_threshold(y, p, "specificity", 1.0)], dtype=torch.float32)
+    assert float(stored[0]) > float(p.max())
+
+
 def test_fixed_rule_and_errors():
     assert choose_threshold([0, 1], [0.2, 0.7], "fixed", 0.3) == 0.3
     with pytest.raises(ValueError, match="no positive case"):
@@ -211,29 +222,29 @@ def test_temperature_scaling_recovers_known_temperature(temperature):
 def test_temperature_scaling_keeps_decisions_at_float32_ties(temperature):
     """Confident logits round to one float32 probability; the threshold chosen on validation is
     one of them. A test scan whose logit is a little lower but whose probability is the same is
-    positive at that threshold, and stays positive once calibrated (mapping the logits instead
-    of the probabilities moved it below the threshold: the CI failure of 2026-12-02)."""
+    positive at that threshold, and stays positive once calibrated (mapping the threshold's own
+    logit moved it below: the CI failure of 2026-12-02). The calibrated probabilities are the
+    logits' own, at full precision."""
     logits = np.array([[14.0], [13.97], [13.9], [2.0], [-3.0], [0.0], [-40.0], [40.0]], np.float32)
     prob = expit(logits)  # float32, as evaluation computes it
     threshold = prob[0]  # a validation scan's probability
     assert prob[1, 0] == threshold[0] and logits[1, 0] < logits[0, 0]  # the tie is real
-    scaled, scaled_threshold = temperature_scale_probabilities(prob, threshold, temperature)
+    assert prob[2, 0] < threshold[0]
+    scaled, scaled_threshold = temperature_scale_probabilities(logits, threshold, temperature)
     assert ((scaled >= scaled_threshold) == (prob >= threshold)).all()
-    order = np.argsort(prob[:, 0], kind="stable")
-    assert (np.diff(scaled[order, 0]) >= 0).all()  # ranking kept
-    assert prob[7, 0] == 1.0 and scaled[7, 0] == 1.0 and scaled[5, 0] == 0.5  # fixed points
-    assert 0 < scaled[6, 0] < scaled[4, 0]  # a confident negative: no clipping to a tie
-    for p in (0.1, 0.9):  # calibration moves them: towards 0.5 when T > 1, away when T < 1
-        (out,), _ = temperature_scale_probabilities(np.array([[p]]), np.array([0.5]), temperature)
-        assert (abs(out[0] - 0.5) < abs(p - 0.5)) == (temperature > 1)
+    assert scaled == pytest.approx(apply_temperature(logits, temperature), rel=0, abs=0)
+    old = apply_temperature(logit(threshold), temperature)  # the threshold's own logit, mapped
+    assert (scaled[1] < old).all()  # what moved the tied scan below it before
 
 
 def test_temperature_scaling_refuses_to_change_a_decision():
-    """At a tiny temperature, probabilities near 1 round to one float64 value: a scan below the
-    threshold would cross it, so the evaluation stops instead."""
-    prob = np.array([[np.float32(1) - np.float32(2**-24)], [1.0]])  # below, at the threshold
-    with pytest.raises(ValueError, match=r"change 1 decision\(s\) \(first at row 0, output 0"):
-        temperature_scale_probabilities(prob, np.array([1.0]), 0.01)
+    """At a small temperature, sigmoid(logit / T) is exactly 1.0 in float64 for high logits: a
+    scan just below a high threshold would reach it, so the evaluation stops instead."""
+    logits = np.array([[8.0], [9.0]], np.float32)
+    with pytest.raises(ValueError, match=r"change 1 decision\(s\), first at row 0, output 0"):
+        temperature_scale_probabilities(logits, expit(logits[1]), 0.2)
+    with pytest.raises(ValueError, match=r"logits \(N, K\) and thresholds \(K,\)"):
+        temperature_scale_probabilities(logits[:, 0], expit(logits[1]), 2.0)
 
 
 def test_sigmoid_and_logit_hold_at_extreme_logits_without_warnings():

@@ -151,34 +151,66 @@ def apply_temperature(logits: Sequence[float] | np.ndarray, temperature: float) 
 
 
 def temperature_scale_probabilities(
-    prob: np.ndarray, thresholds: np.ndarray, temperature: float
+    logits: np.ndarray, thresholds: np.ndarray, temperature: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities ``(N, K)`` and their decision thresholds ``(K,)`` calibrated by a temperature,
-    with every decision ``prob >= threshold`` kept.
+    """Calibrated probabilities ``sigmoid(logits / T)`` ``(N, K)`` and decision thresholds
+    ``(K,)`` on the same scale, with every decision kept.
 
-    Both are mapped by ``sigmoid(logit(p) / T)`` from the probabilities themselves (float64, no
-    clipping: 0 and 1 map to themselves), not from the logits: probabilities that were equal
-    (float32 ones round a band of confident logits to one value, the threshold among them) stay
-    equal, so no scan at the threshold changes side. Mapping the logits instead moved such scans
-    below a threshold taken from a rounded probability.
+    A decision is ``expit(logits) >= threshold`` with the probabilities computed as evaluation
+    computes them (in the logits' dtype, float32 as predicted). Confident logits round to one
+    float32 probability and a threshold chosen on validation is such a value, so mapping the
+    threshold's own logit would move the scans tied with it below it. Each threshold is mapped
+    instead from the lowest logit (in the logits' dtype) whose probability reaches it: a scan is
+    at or above the calibrated threshold exactly when it was at or above the original. The
+    probabilities themselves come from the logits (float64), at full precision.
 
     Raises:
-        ValueError: ``temperature`` is not a positive finite number, or a decision would change
-            (at a very small T, distinct probabilities near 1 can round to one float64 value).
+        ValueError: shapes differ, ``temperature`` is not a positive finite number, or a decision
+            would still change: at a small T, ``sigmoid(logit / T)`` is exactly 1.0 in float64
+            for every logit above ~37 T, so scans just below a high threshold would reach it.
     """
-    prob = np.asarray(prob, dtype=np.float64)
+    z = np.asarray(logits)
+    if z.ndim != 2 or np.shape(thresholds) != (z.shape[1],):
+        raise ValueError(
+            f"logits (N, K) and thresholds (K,), got {z.shape} and {np.shape(thresholds)}"
+        )
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    scaled = apply_temperature(scipy_logit(prob), temperature)
-    scaled_thresholds = apply_temperature(scipy_logit(thresholds), temperature)
+    prob = expit(z).astype(np.float64)
+    lowest = np.array([_lowest_logit_reaching(t, z.dtype) for t in thresholds])
+    scaled = apply_temperature(z, temperature)
+    scaled_thresholds = apply_temperature(lowest, temperature)
     changed = (prob >= thresholds) != (scaled >= scaled_thresholds)
     if changed.any():
-        rows, cols = np.nonzero(np.atleast_2d(changed))
+        row, col = (int(i[0]) for i in np.nonzero(changed))
         raise ValueError(
-            f"temperature scaling (T = {temperature:.4g}) would change {changed.sum()} decision(s) "
-            f"(first at row {int(rows[0])}, output {int(cols[0])}): the scaled probabilities round "
-            "together; evaluate without temperature_scaling"
+            f"temperature scaling (T = {temperature:.4g}) would change {int(changed.sum())} "
+            f"decision(s), first at row {row}, output {col} (probability {prob[row, col]:.9g}, "
+            f"threshold {thresholds[col]:.9g}): at this T the calibrated probabilities near the "
+            "threshold round to 1.0; evaluate with evaluation.temperature_scaling=false"
         )
     return scaled, scaled_thresholds
+
+
+def _lowest_logit_reaching(threshold: float, dtype: np.dtype) -> float:
+    """The lowest ``z`` of ``dtype`` with ``expit(z) >= threshold`` (``expit`` in that dtype, as
+    :func:`~chestxr.inference.predict_dataset` computes probabilities); -inf when every logit
+    reaches it, +inf when none does. Bisection over the values of ``dtype``."""
+    dtype = np.dtype(dtype) if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+
+    def reaches(v: float) -> bool:
+        return float(expit(np.asarray(v, dtype=dtype))) >= threshold
+
+    lo, hi = dtype.type(-800.0), dtype.type(800.0)  # expit is 0 and 1 beyond, in any float dtype
+    if reaches(lo):
+        return -math.inf
+    if not reaches(hi):
+        return math.inf
+    while (step := np.nextafter(lo, hi)) < hi:  # expit(lo) < threshold <= expit(hi)
+        mid = dtype.type((float(lo) + float(hi)) / 2)
+        if mid <= lo or mid >= hi:
+            mid = step
+        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
+    return float(hi)
 
 
 def logit(y_prob: Sequence[float] | np.ndarray, eps: float = 1e-7) -> np.ndarray:

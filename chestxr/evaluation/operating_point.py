@@ -52,7 +52,7 @@ def choose_threshold(
         thresholds (ties: the highest threshold).
         ``sensitivity``: the highest threshold whose sensitivity is >= ``target``.
         ``specificity``: the lowest threshold whose specificity is >= ``target``; when only
-        "predict nothing positive" reaches it, the next float above the largest score.
+        "predict nothing positive" reaches it, the next float32 above the largest score.
         ``fixed``: returns ``target`` unchanged (no data needed).
 
     Args:
@@ -90,7 +90,8 @@ def choose_threshold(
     else:
         ok = np.flatnonzero(1.0 - fpr >= float(target) - 1e-12)
         if ok.size == 0:
-            above = float(np.nextafter(probs.max(), np.inf))
+            # the next float32 (the model stores thresholds so): above the top score either way
+            above = float(np.nextafter(np.float32(probs.max()), np.float32(np.inf)))
             log.warning(
                 "no score threshold reaches specificity %.3f; using %.6g (nothing positive)",
                 float(target),

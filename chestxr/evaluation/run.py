@@ -212,7 +212,8 @@ def evaluate_model(
     The decision thresholds are the model's (chosen on validation after training) or, for a
     checkpoint without them, chosen on validation now; with ``temperature_scaling`` a temperature
     fitted on the validation logits calibrates the probabilities (thresholds mapped with them,
-    so decisions are unchanged). Nothing is ever tuned on the evaluated split.
+    so decisions are unchanged, or the evaluation stops). Nothing is ever tuned on the evaluated
+    split.
 
     A seed ensemble (``model`` an :class:`Ensemble`) or test-time augmentation (``cfg.tta``)
     scores the mean logit; a member's stored thresholds do not apply to that score, so the
@@ -247,7 +248,7 @@ def evaluate_model(
     if cfg.get("temperature_scaling"):
         val = predict_dataset(model, dm.dataset("val", train=False), batch_size=batch_size)
         temperature = fit_temperature(val["logit"], val["target"])
-        prob, thresholds = temperature_scale_probabilities(prob, thresholds, temperature)
+        prob, thresholds = temperature_scale_probabilities(res["logit"], thresholds, temperature)
         rule["temperature"] = float(temperature)
         log.info("temperature scaling: T = %.3f (fitted on validation)", temperature)
     manifest = dm.load()
