@@ -789,6 +789,7 @@ def test_results_go_over_several_associations_at_once_each_file_once(
     pacs = FakePacs(free_port())
     associations: set[int] = set()
     at_once, busy, lock = [0], [0], threading.Lock()
+    overlapped = threading.Event()
     record = pacs._handle
 
     def handle(event) -> int:
@@ -796,7 +797,14 @@ def test_results_go_over_several_associations_at_once_each_file_once(
             associations.add(id(event.assoc))
             busy[0] += 1
             at_once[0] = max(at_once[0], busy[0])
-        time.sleep(0.05)  # a PACS taking its time to store
+            if busy[0] >= 2:
+                overlapped.set()
+        # A PACS taking its time to store: until two stores have overlapped, each store is held
+        # (up to 5 s) so that a second association, if the sender opened one, gets its file in
+        # while this one is busy, however slowly the machine starts it; a sender that sends
+        # one file at a time never overlaps and waits out the 5 s.
+        overlapped.wait(5.0)
+        time.sleep(0.05)
         with lock:
             busy[0] -= 1
         return record(event)
