@@ -9,7 +9,8 @@ read the ratios), warm-up excluded, median over repeats. Sections:
    first (caching) pass, its cached pass, and the cached pass with the training augmentation;
 3. inference: ``predict_dataset`` with and without Grad-CAM over a bare forward, each in a fresh
    process for its peak resident memory, over a stream of scans (reading overlaps the network);
-4. manifest scale: ``bench_manifest.main`` (200,000 rows) in a fresh process;
+4. manifest scale: ``bench_manifest.main`` (200,000 rows) in a fresh process, and the patient
+   bootstrap of an evaluation: ``bench_bootstrap.main`` (1,000 resamples of 1,000 and 25,000 scans);
 5. cache scale: ``bench_cache.main`` (a 200,000-entry store of 32 x 32 images) in a fresh process;
 6. report: ``bench_report.main``, size per scan and opening time in headless Chromium of
    ``report.html`` for 100 and 2,000 scans;
@@ -97,6 +98,7 @@ class Sizes:
     stream_passes: int = 3  # section 3 reads the DICOMs this many times over (a longer stream)
     main_command_overrides: tuple[str, ...] = ()  # section 6: the README's command as it is
     manifest_rows: int = 200_000
+    bootstrap_scans: tuple[int, ...] = (1000, 25_000)  # section 4: scans per bootstrap
     cache_entries: int = 200_000  # section 5: entries of 32 x 32 px in one store
 
 
@@ -116,6 +118,7 @@ QUICK = Sizes(
     stream_passes=1,
     main_command_overrides=("debug=fast",),
     manifest_rows=20_000,
+    bootstrap_scans=(1000,),
     cache_entries=20_000,
 )
 
@@ -585,6 +588,10 @@ def run_section(section: str, sizes: Sizes) -> dict[str, Any]:
         import bench_manifest  # benchmarks/bench_manifest.py, next to this script
 
         return {**bench_manifest.main(sizes.manifest_rows), "peak_rss": peak_rss_mb()}
+    if section == "bootstrap":
+        import bench_bootstrap  # benchmarks/bench_bootstrap.py
+
+        return bench_bootstrap.main(sizes.bootstrap_scans)
     if section == "cache":
         import bench_cache  # benchmarks/bench_cache.py
 
@@ -723,6 +730,21 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             f"< 10 s, < 1 GB: {_met(ok)}",
         )
     )
+    boot = r["bootstrap"]
+    for row in boot["rows"]:
+        target = ""
+        if row["scans"] == boot["target_scans"]:
+            ok = row["intervals_s"] < boot["target_s"]
+            target = f"< {boot['target_s']:g} s: {_met(ok)}"
+        out.append(
+            (
+                "4 evaluation",
+                f"patient bootstrap, {boot['resamples']:,} resamples of {row['scans']:,} scans",
+                f"intervals {row['intervals_s']:.1f} s, ROC band {row['roc_band_s']:.1f} s",
+                "",
+                target,
+            )
+        )
     out.append(
         (
             "5 cache",
@@ -832,6 +854,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         r["inference"][kind] = in_subprocess(kind, args.quick)
     log.info("4: manifest scale (subprocess)")
     r["manifest"] = in_subprocess("manifest", args.quick)
+    log.info("4: evaluation bootstrap scale (subprocess)")
+    r["bootstrap"] = in_subprocess("bootstrap", args.quick)
     log.info("5: cache scale (subprocess)")
     r["cache"] = in_subprocess("cache", args.quick)
     log.info("6: report size and opening time (subprocess)")
