@@ -17,6 +17,7 @@ from tests.test_finetuning import model as make_model
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+@pytest.mark.slow  # ~30 s: two processes, each importing the stack
 def test_ddp_cpu_gathers_predictions_for_auc(tmp_path):
     cfg = compose_config(
         "train",

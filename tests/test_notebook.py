@@ -17,6 +17,7 @@ def test_notebook_is_committed_without_outputs():
     assert code and all(not c["outputs"] and c["execution_count"] is None for c in code)
 
 
+@pytest.mark.slow  # ~60 s: a whole quickstart run in a Jupyter kernel
 def test_notebook_runs(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -102,6 +102,7 @@ def test_mlflow_logger_tracks_in_the_run_folder(fast_run):
 @pytest.mark.skipif(
     not HAVE_OPTUNA_SWEEPER, reason="hydra-optuna-sweeper not installed (chestxr[sweep])"
 )
+@pytest.mark.slow  # ~30 s: two trials, each a training run
 def test_optuna_sweep_runs_two_trials(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [

@@ -242,9 +242,17 @@ def test_predict_on_real_corrupt_dicoms(trained, shared_data, tmp_path):
         "xray/pylibjpeg-data/RG2_JPLY_fixed.dcm",
     ]:
         shutil.copy(dicom / rel, folder / Path(rel).name)
-    out = tmp_path / "pred"
-    proc = run_predict(trained, folder, out, "include_paths=true")
-    assert proc.returncode == 2, proc.stderr[-2000:]
+    # in this process (the command line's exit status 2 is tested above)
+    from chestxr.predict import predict
+    from chestxr.utils.exits import EXIT_PARTIAL, exit_status
+
+    ckpt = trained["run"] / "checkpoints" / "model.ckpt"
+    cfg = compose_config(
+        "predict", tmp_path, [f"ckpt_path={ckpt}", f"input={folder}", "include_paths=true"]
+    )
+    result = predict(cfg)
+    assert exit_status([result], done="predicted", failed="unreadable") == EXIT_PARTIAL
+    out = Path(cfg.paths.output_dir)
     good = sorted(Path(r["file"]).name for r in read_csv(out / "predictions.csv"))
     bad = {Path(r["file"]).name: r["reason"] for r in read_csv(out / "unreadable.csv")}
     assert good == ["RG2_JPLY_fixed.dcm", "dx_image.dcm"]
