@@ -140,13 +140,20 @@ def test_storescu_to_node_to_orthanc(tmp_path: Path) -> None:
         )
         assert refused.returncode != 0  # unknown calling AE title
         wait_for(lambda: len(rest(http, "/instances")) >= 2 * len(good), timeout=120)
+        outbox = tmp_path / "state/results/outbox"
+        # Orthanc lists an instance before its answer reaches the node: wait for every file to
+        # be recorded and sent, then a moment more (room for a duplicate, which would show)
+        wait_for(
+            lambda: node.spool.counts()["pending"] == 0 and not list(outbox.glob("*.dcm")),
+            timeout=30,
+        )
         time.sleep(1.0)
         for src, mine in results_by_source(http, good):
             for t in mine:
                 assert t["PatientID"] == src.PatientID
         record = node.spool.record(spool_key(pydicom.dcmread(lateral).SOPInstanceUID))
         assert record["state"] == "failed" and "ViewPosition is 'LATERAL'" in record["reason"]
-        assert not list((tmp_path / "state/results/outbox").glob("*.dcm"))  # all sent
+        assert not list(outbox.glob("*.dcm"))  # all sent
     finally:
         node.stop()
         orthanc.terminate()
