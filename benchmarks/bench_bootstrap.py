@@ -8,12 +8,11 @@ Run: ``python benchmarks/bench_bootstrap.py [SCANS ...]`` (writes
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from results_file import write_result  # benchmarks/results_file.py, beside this script
 
 from chestxr.evaluation import BinaryMetrics, cluster_bootstrap, roc_band
 
@@ -41,10 +40,7 @@ def main(sizes: tuple[int, ...] = (1000, 25_000)) -> dict:
         "target_s": TARGET_S,
         "target": f"intervals_s < {TARGET_S:g} at {TARGET_SCANS:,} scans",
     }
-    print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "bootstrap.json").write_text(json.dumps(result, indent=2))
+    write_result("bootstrap", result)
     return result
 
 

@@ -6,7 +6,6 @@ Run: ``python benchmarks/bench_manifest.py`` (writes ``benchmarks/results/manife
 from __future__ import annotations
 
 import csv
-import json
 import resource
 import sys
 import tempfile
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_file import write_result  # benchmarks/results_file.py, beside this script
 
 from chestxr.data.manifest import load_manifest
 from chestxr.data.splits import assign_splits
@@ -50,10 +50,7 @@ def main(n: int = 200_000) -> dict:
         "splits": {s: int((splits == s).sum()) for s in ("train", "val", "test")},
         "target": "total_s < 10 and peak_rss_mb < 1024",
     }
-    print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "manifest.json").write_text(json.dumps(result, indent=2))
+    write_result("manifest", result)
     return result
 
 

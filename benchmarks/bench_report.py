@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_file import write_result  # benchmarks/results_file.py, beside this script
 from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' browser driver
@@ -164,10 +165,7 @@ def main(quick: bool = False) -> dict:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     out = {"old_format_KB_per_card": round(old / 1e3, 1), "rows": rows, "browser": browser}
-    results = Path(__file__).resolve().parent / "results"
-    results.mkdir(exist_ok=True)
-    (results / "report.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    write_result("report", out)
     return out
 
 
