@@ -17,7 +17,7 @@ read the ratios), warm-up excluded, median over repeats. Sections:
 7. end to end: the README's main command from an empty data and cache folder, its wall time split
    into data generation, first epoch, later epochs, test, evaluation and report.
 
-Run: ``python benchmarks/run.py`` (~12 min on 2 cores) or ``--quick`` (tiny sizes, < 2 min).
+Run: ``python benchmarks/run.py`` (~9 min on 2 idle cores) or ``--quick`` (tiny sizes, < 4 min).
 Writes ``benchmarks/results/benchmarks.json`` (``benchmarks_quick.json`` with ``--quick``).
 """
 

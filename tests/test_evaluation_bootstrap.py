@@ -78,6 +78,27 @@ def test_vectorised_and_generic_paths_agree():
         np.testing.assert_allclose(fast[name], slow[name], rtol=1e-10, err_msg=name)
 
 
+def test_standard_metrics_of_a_thousand_resamples_go_through_the_batched_path():
+    """The evaluation's metrics are computed for blocks of resamples at once (its speed at scale
+    is measured by ``benchmarks/bench_bootstrap.py``), never by a call per resample."""
+    calls: list[int] = []
+
+    class Counted(BinaryMetrics):
+        def __call__(self, y_true, y_prob):
+            raise AssertionError("one call per resample: the batched path was not taken")
+
+        def batched(self, y_true, y_prob, weights):
+            calls.append(len(weights))
+            return super().batched(y_true, y_prob, weights)
+
+    y, p = _task(1000, seed=7)
+    ci = cluster_bootstrap(Counted(0.5), y, p, np.arange(1000) // 4, n_resamples=1000, seed=0)
+    assert sum(calls) == 1000 and len(calls) < 1000
+    assert ci == cluster_bootstrap(
+        BinaryMetrics(0.5), y, p, np.arange(1000) // 4, n_resamples=1000, seed=0
+    )
+
+
 def test_float_metric_and_nan_labels_and_seed():
     y, p = _task(200, seed=6)
     y[::7] = np.nan
