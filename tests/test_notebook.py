@@ -22,6 +22,7 @@ def test_notebook_runs(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("CHESTXR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's run folder (~400 MB) goes here
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
         nb,
@@ -32,3 +33,4 @@ def test_notebook_runs(tmp_path, monkeypatch):
     client.execute()
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "roc_auc" in text and "report.html" in text
+    assert list(tmp_path.glob("chestxr-quickstart-*")), "the run folder was not under TMPDIR"
